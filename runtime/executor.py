@@ -1,0 +1,229 @@
+"""The executor: a graph lowered to a flat list of steps over numbered slots, run by one loop.
+
+Both `ir.interpret` and `runtime.Session` build a `Program` and call `run`, so the reference
+interpreter and the deployed runtime share one execution path and one set of kernels. Work
+that does not depend on the inputs happens once in `Program.__init__`: kernels are resolved,
+symbolic attributes are found, and the slot of every value is freed right after its last use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import dims as D
+from .errors import CastmlError, KernelError, RuntimeInputError
+from .kernels import KERNELS, REGION_KERNELS
+
+
+@dataclass
+class TypeSpec:
+    """A value's declared dtype and shape (ints and symbolic dims)."""
+
+    dtype: np.dtype
+    shape: tuple
+
+    def __str__(self) -> str:
+        from .format_names import short_dtype
+
+        return f"{short_dtype(self.dtype)}[{','.join(str(d) for d in self.shape)}]"
+
+
+@dataclass
+class StepSpec:
+    """One op to execute: kernel by kind, value ids in and out, attributes, declared out types."""
+
+    kind: str
+    inputs: Sequence[int]
+    outputs: Sequence[int]
+    attrs: dict[str, Any]
+    out_types: Sequence[TypeSpec]
+    label: str = ""  # printed op and source line, for error messages
+    regions: Sequence[Any] = field(default_factory=tuple)  # nested ProgramSpecs
+
+
+@dataclass
+class ProgramSpec:
+    """A graph or region: input ids and types, steps, output ids."""
+
+    inputs: Sequence[int]
+    input_types: Sequence[TypeSpec]
+    steps: Sequence[StepSpec]
+    outputs: Sequence[int]
+    input_names: Sequence[str] = ()
+
+
+def _has_symbols(v: Any) -> bool:
+    return isinstance(v, tuple) and any(isinstance(x, str) for x in v)
+
+
+class _Step:
+    __slots__ = ("kernel", "inputs", "outputs", "attrs", "sym_attrs", "fresh", "label", "free", "kind",
+                 "regions")
+
+    def __init__(self, spec: StepSpec, bound: set[str], regions: list[Program]):
+        self.kind = spec.kind
+        region_kernel = REGION_KERNELS.get(spec.kind)
+        try:
+            self.kernel = region_kernel or KERNELS[spec.kind]
+        except KeyError:
+            raise CastmlError(f"no kernel for op kind {spec.kind!r} ({spec.label})") from None
+        self.inputs = tuple(spec.inputs)
+        self.outputs = tuple(spec.outputs)
+        self.attrs = dict(spec.attrs)
+        # output dims that are bare symbols nobody bound yet get their value from the result
+        self.fresh = []
+        for i, t in enumerate(spec.out_types):
+            for axis, d in enumerate(t.shape):
+                if D.is_symbol(d) and d not in bound:
+                    self.fresh.append((i, axis, d))
+                    bound.add(d)
+        # symbolic attributes are evaluated before each call, except those naming this op's own
+        # fresh sizes (boolean_mask's `size`), which are only known once it ran
+        own = {sym for _, _, sym in self.fresh}
+        self.sym_attrs = tuple(k for k, v in self.attrs.items()
+                               if _has_symbols(v) and not any(isinstance(d, str) and d in own for d in v))
+        self.label = spec.label or spec.kind
+        self.free: tuple[int, ...] = ()
+        self.regions = regions
+
+
+class Program:
+    """An executable form of a `ProgramSpec`.
+
+    >>> t = TypeSpec(np.dtype(np.float64), ())
+    >>> p = Program(ProgramSpec([0], [t], [StepSpec("mul", [0, 0], [1], {}, [t])], [1]))
+    >>> p.run([np.array(2.0)])
+    [array(4.)]
+    """
+
+    def __init__(self, spec: ProgramSpec, outer_bound: set[str] | None = None):
+        self.inputs = tuple(spec.inputs)
+        self.input_types = list(spec.input_types)
+        self.input_names = list(spec.input_names) or [f"input {i}" for i in range(len(self.inputs))]
+        self.outputs = tuple(spec.outputs)
+        bound = set(outer_bound or ())
+        for t in self.input_types:
+            bound.update(d for d in t.shape if D.is_symbol(d))
+        self.steps = [
+            _Step(s, bound, [Program(r, bound) for r in s.regions]) for s in spec.steps
+        ]
+        ids = set(self.inputs)
+        for s in self.steps:
+            ids.update(s.inputs)
+            ids.update(s.outputs)
+        ids.update(self.outputs)
+        self.num_slots = (max(ids) + 1) if ids else 0
+        self._plan_frees()
+
+    def _plan_frees(self) -> None:
+        last: dict[int, int] = {}
+        for i, s in enumerate(self.steps):
+            for v in s.inputs:
+                last[v] = i
+            for v in s.outputs:
+                last.setdefault(v, i)
+            for r in s.regions:
+                for v in r.captured():
+                    last[v] = i
+        keep = set(self.outputs)
+        frees: dict[int, list[int]] = {}
+        for v, i in last.items():
+            if v not in keep:
+                frees.setdefault(i, []).append(v)
+        for i, s in enumerate(self.steps):
+            s.free = tuple(frees.get(i, ()))
+
+    def captured(self) -> set[int]:
+        """Value ids used inside this program (and nested ones) but defined outside."""
+        defined = set(self.inputs)
+        used: set[int] = set()
+        for s in self.steps:
+            used.update(v for v in s.inputs if v not in defined)
+            for r in s.regions:
+                used.update(v for v in r.captured() if v not in defined)
+            defined.update(s.outputs)
+        used.update(v for v in self.outputs if v not in defined)
+        return used
+
+    def bind(self, args: Sequence[Any], env: dict[str, int] | None = None) -> tuple[list, dict]:
+        """Check inputs against the signature and bind their symbolic dims; returns (arrays, env)."""
+        if len(args) != len(self.inputs):
+            raise RuntimeInputError(f"expected {len(self.inputs)} inputs ({', '.join(self.input_names)}), "
+                                    f"got {len(args)}")
+        env = dict(env or {})
+        arrays = []
+        for name, t, a in zip(self.input_names, self.input_types, args):
+            arr = np.asarray(a)
+            if arr.dtype != t.dtype:
+                if not _safe_scalar(a, arr, t.dtype):
+                    raise RuntimeInputError(f"input {name!r}: expected dtype {t}, got {arr.dtype} {arr.shape}")
+                arr = arr.astype(t.dtype)
+            if arr.ndim != len(t.shape):
+                raise RuntimeInputError(f"input {name!r}: expected {t} (rank {len(t.shape)}), "
+                                        f"got shape {arr.shape}")
+            for axis, d in enumerate(t.shape):
+                if D.is_symbol(d):
+                    if env.setdefault(d, arr.shape[axis]) != arr.shape[axis]:
+                        raise RuntimeInputError(
+                            f"input {name!r}: dim {axis} is {arr.shape[axis]} but {d} = {env[d]} "
+                            f"from an earlier input (expected {t})")
+            arrays.append(arr)
+        for name, t, arr in zip(self.input_names, self.input_types, arrays):
+            for axis, d in enumerate(t.shape):
+                if not D.is_symbol(d) and D.evaluate(d, env) != arr.shape[axis]:
+                    raise RuntimeInputError(f"input {name!r}: expected {t}, got shape {arr.shape}")
+        return arrays, env
+
+    def run(self, args: Sequence[Any], env: dict[str, int] | None = None,
+            slots: list | None = None) -> list:
+        """Run on already-ordered flat inputs; returns the flat outputs."""
+        arrays, env = self.bind(args, env)
+        return self.execute(arrays, env, slots)
+
+    def execute(self, arrays: Sequence[np.ndarray], env: dict[str, int], slots: list | None = None,
+                hook: Callable | None = None) -> list:
+        """Run with checked inputs and bound symbols (used by regions and by `run`)."""
+        if slots is None:
+            slots = [None] * self.num_slots
+        for i, a in zip(self.inputs, arrays):
+            slots[i] = a
+        with np.errstate(all="ignore"):
+            for s in self.steps:
+                ins = [slots[i] for i in s.inputs]
+                attrs = s.attrs
+                if s.sym_attrs:
+                    attrs = dict(attrs)
+                    for k in s.sym_attrs:
+                        attrs[k] = tuple(D.evaluate(d, env) for d in attrs[k])
+                try:
+                    if s.regions:
+                        out = s.kernel(s, ins, env, slots, **attrs)
+                    else:
+                        out = s.kernel(*ins, **attrs)
+                except CastmlError:
+                    raise
+                except Exception as e:
+                    raise KernelError(f"while executing {s.label}: {type(e).__name__}: {e}") from e
+                if len(s.outputs) == 1:
+                    out = (out,)
+                for i, o in zip(s.outputs, out):
+                    slots[i] = o
+                for oi, axis, sym in s.fresh:
+                    env[sym] = np.shape(out[oi])[axis]
+                if hook is not None:
+                    hook(s, out)
+                for i in s.free:
+                    slots[i] = None
+        return [slots[i] for i in self.outputs]
+
+
+def _safe_scalar(a: Any, arr: np.ndarray, dtype: np.dtype) -> bool:
+    """A Python scalar may stand for a 0-d input of any kind it converts to without loss of
+    kind (an int where f64 is expected), as NumPy treats Python scalars as weakly typed."""
+    allowed = {bool: "biuf", int: "iuf", float: "f"}.get(type(a), "")
+    return arr.ndim == 0 and dtype.kind in allowed
+

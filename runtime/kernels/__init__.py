@@ -1,0 +1,27 @@
+"""NumPy kernels, one per IR op kind, shared by `ir.interpret`, constant folding and `Session`.
+
+A kernel is `fn(*inputs, **attrs) -> array | tuple[array, ...]`; it never mutates its inputs.
+"""
+
+from __future__ import annotations
+
+from . import elementwise, nn, reduce, shape, special
+
+KERNELS: dict = {}
+# Ops with regions (If/Loop) run through the executor instead:
+#   fn(step, inputs, env, slots, **attrs) -> outputs, where step.regions are executor Programs.
+REGION_KERNELS: dict = {}
+for _module in (elementwise, reduce, shape):
+    KERNELS.update(_module.KERNELS)
+
+KERNELS.update({
+    name: getattr(special, name)
+    for name in ("erf", "gelu", "sigmoid", "softplus", "softsign", "selu", "elu", "celu", "leaky_relu",
+                 "prelu", "hard_sigmoid", "hard_swish", "relu", "thresholded_relu")
+})
+KERNELS.update({
+    name: getattr(nn, name)
+    for name in ("conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool",
+                 "softmax", "log_softmax", "layer_norm", "batch_norm", "instance_norm", "lrn", "pad",
+                 "depth_to_space", "space_to_depth", "one_hot")
+})

@@ -1,0 +1,150 @@
+"""NumPy → IR: ufuncs and array functions dispatched by table.
+
+`dispatch_ufunc` resolves NumPy 2's type promotion with the ufunc's own `resolve_dtypes`
+(Python scalars and weakly typed tracers count as NEP 50 weak scalars), casts inputs to the
+loop dtypes, and records the op whose kernel is that very ufunc. `FUNCTIONS` maps array
+functions (`np.sum`, `np.concatenate`, …) to implementations in `tracer.functions`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from runtime import dims as D
+from runtime.kernels.elementwise import UFUNCS
+
+from .core import Tracer, astype, context_of, emit, lift, weak_python_scalar
+from .errors import trace_error
+
+UFUNC_TO_OP: dict[np.ufunc, str] = {uf: name for name, uf in UFUNCS.items()}
+LOGICAL = {np.logical_and, np.logical_or, np.logical_xor, np.logical_not}
+FUNCTIONS: dict[Any, Any] = {}  # filled by tracer.functions
+
+_WEAK_TYPES = {"f": float, "i": int, "u": int, "b": bool}
+
+
+def _dtype_arg(x: Any):
+    """What `resolve_dtypes` takes for one operand: a dtype, or a Python type for weak scalars."""
+    if isinstance(x, Tracer):
+        return _WEAK_TYPES[x.dtype.kind] if x._weak and x.dtype.kind != "b" else x.dtype
+    if weak_python_scalar(x):
+        return np.dtype(np.bool_) if type(x) is bool else type(x)
+    return np.asarray(x).dtype
+
+
+def is_weak(x: Any) -> bool:
+    return x._weak if isinstance(x, Tracer) else weak_python_scalar(x)
+
+
+def _resolve(ufunc: np.ufunc, inputs: tuple, dtype=None) -> tuple:
+    args = tuple(_dtype_arg(x) for x in inputs)
+    try:
+        if dtype is not None:
+            return ufunc.resolve_dtypes(args + (np.dtype(dtype),) * ufunc.nout, casting="unsafe")
+        return ufunc.resolve_dtypes(args + (None,) * ufunc.nout)
+    except TypeError:
+        if all(isinstance(a, type) for a in args):  # only weak scalars: NumPy makes them default dtypes
+            strong = tuple(np.asarray(x._concrete if isinstance(x, Tracer) else x).dtype
+                           if not isinstance(x, Tracer) else x.dtype for x in inputs)
+            return ufunc.resolve_dtypes(strong + (None,) * ufunc.nout)
+        names = ", ".join(str(a if not isinstance(a, type) else a.__name__) for a in args)
+        raise trace_error(f"np.{ufunc.__name__} has no loop for ({names})") from None
+
+
+def dispatch_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict) -> Any:
+    """Record a ufunc call on tracers (called from `Tracer.__array_ufunc__`)."""
+    out = kwargs.pop("out", None)
+    if out is not None:
+        raise trace_error(f"np.{ufunc.__name__}(..., out=...) writes into an array in place",
+                          "write `y = np.add(a, b)` (in-place updates of closed-over arrays "
+                          "cannot be traced)")
+    if method == "reduce":
+        from .functions import ufunc_reduce
+
+        return ufunc_reduce(ufunc, inputs[0], **kwargs)
+    if method != "__call__":
+        raise trace_error(f"np.{ufunc.__name__}.{method} is not supported when tracing")
+    dtype = kwargs.pop("dtype", None)
+    if kwargs:
+        raise trace_error(f"np.{ufunc.__name__}: keyword arguments {sorted(kwargs)} are not supported "
+                          "when tracing")
+    if ufunc is np.matmul:
+        from .functions import matmul
+
+        return matmul(*inputs)
+    special = _SPECIAL.get(ufunc)
+    if special is not None:
+        return special(*inputs, dtype=dtype)
+    name = UFUNC_TO_OP.get(ufunc)
+    if name is None:
+        raise trace_error(f"np.{ufunc.__name__} is not supported when tracing",
+                          "see docs/numpy_coverage.md for the supported functions")
+    ctx = context_of(inputs)
+    loop = _resolve(ufunc, inputs, dtype)
+    if ufunc in LOGICAL:
+        loop = (np.dtype(np.bool_),) * len(inputs) + loop[len(inputs):]
+    ins = [lift(x, ctx, dt) for x, dt in zip(inputs, loop)]
+    result = emit(name, ins)
+    if result.dtype != loop[-1]:
+        result = astype(result, loop[-1])
+    result._weak = all(is_weak(x) for x in inputs)
+    if ufunc in _DIM_ARITH and all(_dim_of(x) is not None for x in inputs):
+        result._sym = _DIM_ARITH[ufunc](*(_dim_of(x) for x in inputs))
+    return result
+
+
+# shape arithmetic on dims stays symbolic: x.shape[0] * 4 remembers "batch*4"
+_DIM_ARITH = {np.add: D.add, np.subtract: D.sub, np.multiply: D.mul, np.floor_divide: D.floordiv,
+              np.remainder: D.mod}
+
+
+def _dim_of(x: Any):
+    if isinstance(x, Tracer):
+        return x._sym
+    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return int(x)
+    return None
+
+
+def _square(x, dtype=None):
+    return dispatch_ufunc(np.multiply, "__call__", (x, x), {"dtype": dtype} if dtype else {})
+
+
+def _positive(x, dtype=None):
+    ctx = context_of([x])
+    return astype(lift(x, ctx), dtype) if dtype is not None else lift(x, ctx)
+
+
+def _float_power(a, b, dtype=None):
+    return dispatch_ufunc(np.power, "__call__", (_f64(a), _f64(b)), {})
+
+
+def _f64(x):
+    return astype(lift(x, context_of([x])), np.float64) if isinstance(x, Tracer) else np.float64(x)
+
+
+def _divmod(a, b, dtype=None):
+    return (dispatch_ufunc(np.floor_divide, "__call__", (a, b), {}),
+            dispatch_ufunc(np.remainder, "__call__", (a, b), {}))
+
+
+def _conj(x, dtype=None):
+    return _positive(x, dtype)
+
+
+_SPECIAL = {np.square: _square, np.positive: _positive, np.float_power: _float_power,
+            np.divmod: _divmod, np.conjugate: _conj, np.fabs: lambda x, dtype=None: np.absolute(x)}
+
+
+def dispatch_function(func: Any, args: tuple, kwargs: dict) -> Any:
+    """Record an array function call on tracers (called from `Tracer.__array_function__`)."""
+    impl = FUNCTIONS.get(func)
+    if impl is None:
+        mod = getattr(func, "__module__", "numpy") or "numpy"
+        name = f"{'np.random' if 'random' in mod else 'np'}.{func.__name__}"
+        hint = ("random numbers would be frozen into the graph as constants; random ops arrive "
+                "with the models issue" if "random" in mod else "see docs/numpy_coverage.md")
+        raise trace_error(f"{name} is not supported when tracing", hint)
+    return impl(*args, **kwargs)
