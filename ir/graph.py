@@ -158,8 +158,8 @@ class Graph(Region):
 
     def copy(self) -> Graph:
         """A deep copy (new Values and Ops; constants' arrays shared, they are immutable)."""
-        from .printer import to_text
         from .parser import parse
+        from .printer import to_text
 
         return parse(to_text(self))
 

@@ -61,10 +61,9 @@ class OpDef:
         check_attrs(self, op.attrs)
         try:
             return list(self.infer([v.type for v in op.inputs], op.attrs, op.regions))
-        except TypeRuleError:
-            raise
-        except (TypeError, ValueError, KeyError, IndexError) as e:
-            raise TypeRuleError(f"{self.name}: {e}") from None
+        except (TypeError, ValueError, KeyError, IndexError) as e:  # TypeRuleError is a ValueError
+            msg = str(e)
+            raise TypeRuleError(msg if msg.startswith(self.name) else f"{self.name}: {msg}") from None
 
 
 REGISTRY: dict[str, OpDef] = {}

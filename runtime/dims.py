@@ -95,7 +95,12 @@ def _divmod_poly(p: Poly, q: Poly, op: str) -> Poly:
             break
         else:
             return quotient if op == "//" else {}
-    atom = f"({_to_str(p)}{op}{_to_str(q)})"
+    num, den = _to_str(p), _to_str(q)
+    if len(p) > 1 or num.startswith("-"):
+        num = f"({num})"
+    if not (_SYMBOL.match(den) or den.isdigit()):
+        den = f"({den})"
+    atom = f"({num}{op}{den})"
     return {(atom,): 1}
 
 

@@ -6,7 +6,7 @@ too (with a `TraceError` naming the user's line).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,7 @@ def raw_shape(x: Tracer) -> tuple:
 
 # --- reductions ------------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def _result_dtype(fn_name: str, dtype: np.dtype) -> np.dtype:
     fn = getattr(np, fn_name)
     with np.errstate(all="ignore"):
@@ -332,9 +332,9 @@ def round_(a, decimals=0, out=None):
     if decimals != 0 or out is not None:
         raise trace_error("np.round: only decimals=0 is supported when tracing")
     x = T(a)
-    if x.dtype.kind in "biu":
+    if x.dtype.kind in "iu":
         return x
-    return emit("round", [x])
+    return np.rint(x)  # np.round(bool) is float16, like np.rint
 
 
 @implements(np.isclose)

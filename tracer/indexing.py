@@ -134,6 +134,11 @@ def _basic(x: Tracer, entries: list) -> tuple[Tracer, list]:
 def getitem(x: Tracer, index) -> Tracer:
     entries = _expand(x, index)
     arrays = [i for i, e in enumerate(entries) if _is_array_index(e)]
+    if arrays and _as_tracer_dtype(entries[arrays[0]]).kind != "b":
+        # with index arrays present, integer scalars are advanced indices too (NumPy's rule),
+        # which matters for where the indexed dims land
+        entries = [np.asarray(e) if isinstance(e, (int, np.integer)) else e for e in entries]
+        arrays = [i for i, e in enumerate(entries) if _is_array_index(e)]
     if len(arrays) == 1 and _as_tracer_dtype(entries[arrays[0]]).kind == "b":
         return _mask(x, entries, arrays[0])
     y, rest = _basic(x, entries)

@@ -33,6 +33,14 @@ for _name, _uf in _BINARY.items():
 for _name, _uf in _COMPARE.items():
     setattr(Tracer, f"__{_name}__", _binary(_uf))
 
+def _pow(self, exponent):
+    # ndarray.__pow__ turns `x ** 2` into np.square (bool ** 2 is int8, not int64): do the same
+    if exponent == 2 and (type(exponent) is int or (type(exponent) is float and self.dtype.kind == "f")):
+        return np.square(self)
+    return np.power(self, exponent)
+
+
+Tracer.__pow__ = _pow
 Tracer.__neg__ = lambda self: np.negative(self)
 Tracer.__pos__ = lambda self: self
 Tracer.__abs__ = lambda self: np.absolute(self)

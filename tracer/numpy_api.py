@@ -108,34 +108,28 @@ def _dim_of(x: Any):
     return None
 
 
-def _square(x, dtype=None):
-    return dispatch_ufunc(np.multiply, "__call__", (x, x), {"dtype": dtype} if dtype else {})
+def _via(ufunc: np.ufunc, impl):
+    """A ufunc without an op of its own: cast to the ufunc's own loop dtypes (so dtypes and
+    errors are NumPy's), then record `impl` on the cast inputs."""
+    def run(*inputs, dtype=None):
+        loop = _resolve(ufunc, inputs, dtype)
+        ctx = context_of(inputs)
+        ins = [lift(x, ctx, dt) for x, dt in zip(inputs, loop)]
+        for t, x in zip(ins, inputs):
+            t._weak = is_weak(x)
+        out = impl(*ins)
+        return tuple(astype(o, d) for o, d in zip(out, loop[ufunc.nin:])) if ufunc.nout > 1 else astype(out, loop[-1])
+    return run
 
 
-def _positive(x, dtype=None):
-    ctx = context_of([x])
-    return astype(lift(x, ctx), dtype) if dtype is not None else lift(x, ctx)
-
-
-def _float_power(a, b, dtype=None):
-    return dispatch_ufunc(np.power, "__call__", (_f64(a), _f64(b)), {})
-
-
-def _f64(x):
-    return astype(lift(x, context_of([x])), np.float64) if isinstance(x, Tracer) else np.float64(x)
-
-
-def _divmod(a, b, dtype=None):
-    return (dispatch_ufunc(np.floor_divide, "__call__", (a, b), {}),
-            dispatch_ufunc(np.remainder, "__call__", (a, b), {}))
-
-
-def _conj(x, dtype=None):
-    return _positive(x, dtype)
-
-
-_SPECIAL = {np.square: _square, np.positive: _positive, np.float_power: _float_power,
-            np.divmod: _divmod, np.conjugate: _conj, np.fabs: lambda x, dtype=None: np.absolute(x)}
+_SPECIAL = {
+    np.square: _via(np.square, lambda x: np.multiply(x, x)),
+    np.positive: _via(np.positive, lambda x: x),
+    np.conjugate: _via(np.conjugate, lambda x: x),
+    np.fabs: _via(np.fabs, lambda x: np.absolute(x)),
+    np.float_power: _via(np.float_power, lambda a, b: np.power(a, b)),
+    np.divmod: _via(np.divmod, lambda a, b: (np.floor_divide(a, b), np.remainder(a, b))),
+}
 
 
 def dispatch_function(func: Any, args: tuple, kwargs: dict) -> Any:

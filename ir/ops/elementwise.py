@@ -10,37 +10,50 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.kernels.elementwise import UFUNCS
+
+from ..errors import TypeRuleError
 from ..registry import register
-from ..types import TensorType
+from ..types import SUPPORTED_DTYPES, TensorType, dtype_name
 from .rules import broadcast_shapes, require_kind, same_dtype
 
 ANY, NUM, FLOAT, INT, BOOL, BOOLINT = "bfiu", "fiu", "f", "iu", "b", "biu"
 
-UNARY = {
-    "neg": NUM, "abs": NUM, "sign": NUM, "exp": FLOAT, "exp2": FLOAT, "expm1": FLOAT, "log": FLOAT,
-    "log2": FLOAT, "log10": FLOAT, "log1p": FLOAT, "sqrt": FLOAT, "cbrt": FLOAT, "reciprocal": NUM,
-    "sin": FLOAT, "cos": FLOAT, "tan": FLOAT, "asin": FLOAT, "acos": FLOAT, "atan": FLOAT,
-    "sinh": FLOAT, "cosh": FLOAT, "tanh": FLOAT, "asinh": FLOAT, "acosh": FLOAT, "atanh": FLOAT,
-    "floor": NUM, "ceil": NUM, "trunc": NUM, "round": NUM, "logical_not": BOOL, "bitwise_not": BOOLINT,
-    "erf": FLOAT, "sigmoid": FLOAT, "relu": NUM, "softplus": FLOAT, "softsign": FLOAT,
-    "hard_swish": FLOAT,
-}
+# ops whose kernel is a NumPy ufunc accept exactly the dtypes that ufunc has a loop for
+UNARY_UFUNCS = ("neg", "abs", "sign", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt",
+                "cbrt", "reciprocal", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh",
+                "asinh", "acosh", "atanh", "floor", "ceil", "trunc", "round", "logical_not", "bitwise_not")
+UNARY = {"erf": FLOAT, "sigmoid": FLOAT, "relu": NUM, "softplus": FLOAT, "softsign": FLOAT,
+         "hard_swish": FLOAT}
 UNARY_ATTRS = {
     "gelu": {"approximate": "str"}, "selu": {"alpha": "float", "gamma": "float"},
     "elu": {"alpha": "float"}, "celu": {"alpha": "float"}, "leaky_relu": {"alpha": "float"},
     "hard_sigmoid": {"alpha": "float", "beta": "float"}, "thresholded_relu": {"alpha": "float"},
 }
 PREDICATES = ("isnan", "isinf", "isfinite")
-BINARY = {  # name: (kinds, commutative)
-    "add": (ANY, True), "sub": (NUM, False), "mul": (ANY, True), "div": (FLOAT, False),
-    "floordiv": (NUM, False), "mod": (NUM, False), "pow": (NUM, False), "maximum": (ANY, True),
-    "minimum": (ANY, True), "fmax": (NUM, True), "fmin": (NUM, True), "atan2": (FLOAT, False),
-    "hypot": (FLOAT, True), "bitwise_and": (BOOLINT, True), "bitwise_or": (BOOLINT, True),
-    "bitwise_xor": (BOOLINT, True), "left_shift": (INT, False), "right_shift": (INT, False),
+BINARY = {  # name: commutative
+    "add": True, "sub": False, "mul": True, "div": False, "floordiv": False, "mod": False, "pow": False,
+    "maximum": True, "minimum": True, "fmax": True, "fmin": True, "atan2": False, "hypot": True,
+    "bitwise_and": True, "bitwise_or": True, "bitwise_xor": True, "left_shift": False, "right_shift": False,
 }
 COMPARE = {"equal": True, "not_equal": True, "less": False, "less_equal": False, "greater": False,
            "greater_equal": False}
 LOGICAL = ("logical_and", "logical_or", "logical_xor")
+
+
+def _loop_dtypes(name: str) -> frozenset:
+    """Dtypes `d` for which the op's ufunc has a loop taking and returning `d` (bool for predicates)."""
+    uf = UFUNCS[name]
+    ok = set()
+    for dt in SUPPORTED_DTYPES:
+        try:
+            loop = uf.resolve_dtypes((dt,) * uf.nin + (None,) * uf.nout)
+        except TypeError:
+            continue
+        if all(d == dt for d in loop[:uf.nin]) and loop[-1] in (dt, np.dtype(np.bool_)):
+            ok.add(dt)
+    return frozenset(ok)
+
 
 NONDIFF = {"sign", "floor", "ceil", "trunc", "round", "logical_not", "bitwise_not", "floordiv",
            "bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift"}
@@ -53,12 +66,23 @@ def _unary_rule(kinds):
     return infer
 
 
-def _binary_rule(kinds, out_dtype=None):
+def _ufunc_rule(name: str, out_dtype=None):
+    allowed = _loop_dtypes(name)
+
     def infer(ts, attrs, regions):
         dt = same_dtype(ts)
-        require_kind(ts[0], kinds)
-        return [TensorType(out_dtype or dt, broadcast_shapes(ts[0].shape, ts[1].shape))]
+        if dt not in allowed:
+            names = ", ".join(sorted(dtype_name(d) for d in allowed))
+            raise TypeRuleError(f"{name} is not defined for {dtype_name(dt)} (NumPy has loops for {names})")
+        shape = broadcast_shapes(*(t.shape for t in ts))
+        return [TensorType(out_dtype or dt, shape)]
     return infer
+
+
+def _logical_rule(ts, attrs, regions):
+    same_dtype(ts)
+    require_kind(ts[0], BOOL)
+    return [TensorType(np.bool_, broadcast_shapes(*(t.shape for t in ts)))]
 
 
 def _predicate(ts, attrs, regions):
@@ -84,21 +108,22 @@ def _prelu(ts, attrs, regions):
     return [ts[0]]
 
 
+for _name in UNARY_UFUNCS:
+    register(_name, _ufunc_rule(_name), elementwise=True, differentiable=_name not in NONDIFF)
 for _name, _kinds in UNARY.items():
     register(_name, _unary_rule(_kinds), elementwise=True, differentiable=_name not in NONDIFF)
 for _name, _attrs in UNARY_ATTRS.items():
     register(_name, _unary_rule(FLOAT), attrs=_attrs, elementwise=True)
 for _name in PREDICATES:
-    register(_name, _predicate, elementwise=True, differentiable=False)
-for _name, (_kinds, _comm) in BINARY.items():
-    register(_name, _binary_rule(_kinds), arity=(2, 2), elementwise=True, commutative=_comm,
+    register(_name, _ufunc_rule(_name, np.bool_), elementwise=True, differentiable=False)
+for _name, _comm in BINARY.items():
+    register(_name, _ufunc_rule(_name), arity=(2, 2), elementwise=True, commutative=_comm,
              differentiable=_name not in NONDIFF)
 for _name, _comm in COMPARE.items():
-    register(_name, _binary_rule(ANY, np.bool_), arity=(2, 2), elementwise=True, commutative=_comm,
+    register(_name, _ufunc_rule(_name, np.bool_), arity=(2, 2), elementwise=True, commutative=_comm,
              differentiable=False)
 for _name in LOGICAL:
-    register(_name, _binary_rule(BOOL, np.bool_), arity=(2, 2), elementwise=True, commutative=True,
-             differentiable=False)
+    register(_name, _logical_rule, arity=(2, 2), elementwise=True, commutative=True, differentiable=False)
 register("where", _where, arity=(3, 3), elementwise=True)
 register("cast", _cast, attrs={"dtype": "dtype"}, elementwise=True)
 register("prelu", _prelu, arity=(2, 2), elementwise=True)
