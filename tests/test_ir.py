@@ -61,6 +61,19 @@ def test_symbolic_batch(batch):
     assert int(got[1]) == 2 * batch  # shape arithmetic recorded, never folded to the example
 
 
+def test_symbolic_shape_functions():
+    def f(x):
+        y = np.expand_dims(x, 1).squeeze(1)
+        z = np.concatenate([y, y[:, :1]], axis=1)
+        return np.stack([z, z]).transpose(1, 0, 2)[:, :, ::-1], np.broadcast_to(x[:1], (x.shape[0], 3))
+
+    g = tracer.trace(f, tracer.TensorSpec(("batch", 3)))
+    assert str(g.outputs[0].type) == "f32[batch,2,4]"  # TensorSpec defaults to float32
+    for n in (1, 6):
+        x = np.random.default_rng(n).normal(size=(n, 3)).astype(F32)
+        assert_agree(ir.interpret(g, x), f(x))
+
+
 def test_large_constants_are_elided_in_str_but_not_in_text():
     w = np.arange(512 * 4, dtype=F32).reshape(512, 4)
     g = tracer.trace(lambda x: x @ w, np.ones((2, 512), F32))

@@ -43,6 +43,8 @@ def sym(d: Any) -> Any:
                           "sizes must come from x.shape and arithmetic on it")
     if isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)):
         return int(d)
+    if isinstance(d, str):  # a symbolic dim taken from a type (internal callers pass raw shapes)
+        return d
     raise trace_error(f"expected an integer dim, got {type(d).__name__} {d!r}")
 
 

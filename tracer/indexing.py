@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ir.ops.shape import slice_length
 from runtime import dims as D
 
 from .core import Tracer, astype, context_of, emit, lift, reshape_static
@@ -77,58 +78,43 @@ def _norm_slice(s: slice, n):
     return bound(s.start, D.sub(n, 1)), bound(s.stop, -1), step
 
 
+def _basic_entry(e, n, axis: int) -> tuple:
+    """(start, stop, step, result dim or None when the axis is dropped, leftover array index)."""
+    if isinstance(e, slice):
+        a, b, step = _norm_slice(e, n)
+        return a, b, step, slice_length(a, b, step), slice(None)
+    if _is_array_index(e):
+        return 0, n, 1, n, e  # index arrays (traced scalars too) are gathered afterwards
+    i = sym(e)
+    if isinstance(i, int) and isinstance(n, int) and not -n <= i < n:
+        raise IndexError(f"index {i} is out of bounds for axis {axis} with size {n}")
+    if isinstance(i, int) and i < 0:
+        i = D.add(n, i)
+    return i, D.add(i, 1), 1, None, None
+
+
 def _basic(x: Tracer, entries: list) -> tuple[Tracer, list]:
     """Apply slices/ints/None; return the result and the remaining (array) index per output axis."""
     shape = raw_shape(x)
-    starts, stops, steps, keep, rest = [], [], [], [], []
+    starts, stops, steps, out_shape, rest = [], [], [], [], []
     axis = 0
-    out_shape = []
     for e in entries:
         if e is None:
             out_shape.append(1)
             rest.append(slice(None))
             continue
-        n = shape[axis]
-        if isinstance(e, slice):
-            a, b, s = _norm_slice(e, n)
-            starts.append(a)
-            stops.append(b)
-            steps.append(s)
-            from ir.ops.shape import slice_length
-
-            out_shape.append(slice_length(a, b, s))
-            rest.append(slice(None))
-        elif _is_array_index(e):
-            starts.append(0)
-            stops.append(n)
-            steps.append(1)
-            out_shape.append(n)
-            rest.append(e)
-        else:
-            if isinstance(e, Tracer) and e._sym is None and e._concrete is None:
-                # a traced scalar index: gather with a 0-d index
-                starts.append(0)
-                stops.append(n)
-                steps.append(1)
-                out_shape.append(n)
-                rest.append(e)
-            else:
-                i = sym(e)
-                if isinstance(i, int) and isinstance(n, int) and not -n <= i < n:
-                    raise IndexError(f"index {i} is out of bounds for axis {axis} with size {n}")
-                if isinstance(i, int) and i < 0:
-                    i = D.add(n, i)
-                starts.append(i)
-                stops.append(D.add(i, 1))
-                steps.append(1)
-        keep.append(True)
+        a, b, step, dim, leftover = _basic_entry(e, shape[axis], axis)
+        starts.append(a)
+        stops.append(b)
+        steps.append(step)
+        if dim is not None:
+            out_shape.append(dim)
+            rest.append(leftover)
         axis += 1
-    full = all(a == 0 and b == n and s == 1 for a, b, s, n in zip(starts, stops, steps, shape))
     y = x
-    if not full:
+    if not all(a == 0 and b == n and s == 1 for a, b, s, n in zip(starts, stops, steps, shape)):
         y = emit("slice", [x], {"starts": tuple(starts), "stops": tuple(stops), "steps": tuple(steps)})
-    y = reshape_static(y, tuple(out_shape))
-    return y, rest
+    return reshape_static(y, tuple(out_shape)), rest
 
 
 def getitem(x: Tracer, index) -> Tracer:
@@ -231,23 +217,13 @@ def setitem(x: Tracer, index, value) -> None:
 
 
 def _slice_update(x: Tracer, entries: list, v: Tracer) -> Tracer:
-    shape = raw_shape(x)
     starts, stops, steps, sliced = [], [], [], []
-    for e, n in zip(entries, shape):
-        if isinstance(e, slice):
-            a, b, s = _norm_slice(e, n)
-            from ir.ops.shape import slice_length
-
-            sliced.append(slice_length(a, b, s))
-        else:
-            i = sym(e)
-            if isinstance(i, int) and i < 0:
-                i = D.add(n, i)
-            a, b, s = i, D.add(i, 1), 1
-            sliced.append(None)
+    for axis, (e, n) in enumerate(zip(entries, raw_shape(x))):
+        a, b, step, dim, _ = _basic_entry(e, n, axis)
         starts.append(a)
         stops.append(b)
-        steps.append(s)
+        steps.append(step)
+        sliced.append(dim)
     squeezed = tuple(d for d in sliced if d is not None)
     target = tuple(1 if d is None else d for d in sliced)
     if raw_shape(v) != target:

@@ -43,7 +43,10 @@ def _resolve(ufunc: np.ufunc, inputs: tuple, dtype=None) -> tuple:
     try:
         if dtype is not None:
             return ufunc.resolve_dtypes(args + (np.dtype(dtype),) * ufunc.nout, casting="unsafe")
-        return ufunc.resolve_dtypes(args + (None,) * ufunc.nout)
+        resolved = ufunc.resolve_dtypes(args + (None,) * ufunc.nout)
+        if any(d.kind == "O" for d in resolved):  # only weak scalars (int, int): NumPy picks object loops
+            raise TypeError("object loop")
+        return resolved
     except TypeError:
         if all(isinstance(a, type) for a in args):  # only weak scalars: NumPy makes them default dtypes
             strong = tuple(np.asarray(x._concrete if isinstance(x, Tracer) else x).dtype
