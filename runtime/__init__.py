@@ -5,5 +5,6 @@ It imports only numpy and flatbuffers, so a deployed model needs nothing else.
 """
 
 from .errors import CastmlError, KernelError, ModelFormatError, RuntimeInputError
+from .session import Session, load
 
-__all__ = ["CastmlError", "ModelFormatError", "RuntimeInputError", "KernelError"]
+__all__ = ["CastmlError", "ModelFormatError", "RuntimeInputError", "KernelError", "Session", "load"]

@@ -1,0 +1,256 @@
+"""`runtime.load` and `Session`: run a `.castml` model with the same pytrees as the traced code.
+
+All the work that does not depend on inputs happens at load: the file is validated, every
+entry is lowered to an executor `Program` (kernels resolved, frees planned). `run` only matches
+arguments to the signature, checks them, and runs the step loop. A call keeps its buffers in
+its own slot list, so one session serves many threads at once; results are copied when they
+would alias the model file or another internal array, so callers may write to them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import namedtuple
+from typing import Any
+
+import numpy as np
+
+from . import pytree
+from .errors import CastmlError, RuntimeInputError
+from .executor import Program
+from .loader import GraphDef, ModelDef, load_model, program_spec
+from .memory import MemoryPlan, plan_memory
+
+TensorInfo = namedtuple("TensorInfo", ["name", "dtype", "shape"])
+ProfileRow = namedtuple("ProfileRow", ["op", "kind", "calls", "seconds"])
+
+_MISSING = object()
+
+
+class _Entry:
+    """One entry point, ready to run."""
+
+    def __init__(self, name: str, gd: GraphDef):
+        self.name = name
+        self.spec = program_spec(gd)
+        self.program = Program(self.spec)
+        self.in_tree, self.out_tree = gd.in_tree, gd.out_tree
+        self.arg_names = list(gd.arg_names)
+        self.arg_index = {a: i for i, a in enumerate(self.arg_names)}
+        self.flat_args = gd.in_tree == ("tuple", (pytree.LEAF,) * len(self.arg_names))
+        self.single_out = gd.out_tree == pytree.LEAF
+        r = gd.regions[0]
+        self.inputs = [TensorInfo(n, gd.values[i].dtype, gd.values[i].shape)
+                       for n, i in zip(gd.input_names, r.inputs)]
+        self.outputs = [TensorInfo(n, gd.values[i].dtype, gd.values[i].shape)
+                        for n, i in zip(gd.output_names, r.outputs)]
+        self.metadata = dict(gd.metadata)
+
+    def leaves(self, args: tuple, kwargs: dict) -> list:
+        """Match arguments (positional, or keywords by parameter name) and flatten them."""
+        n = len(self.arg_names)
+        if kwargs:
+            if len(args) > n:
+                raise RuntimeInputError(f"entry {self.name!r} takes {n} arguments ({', '.join(self.arg_names)}), "
+                                        f"got {len(args)} positional")
+            full = list(args) + [_MISSING] * (n - len(args))
+            for k, v in kwargs.items():
+                i = self.arg_index.get(k)
+                if i is None:
+                    raise RuntimeInputError(f"entry {self.name!r}: unexpected argument {k!r}; "
+                                            f"parameters are ({', '.join(self.arg_names)})")
+                if full[i] is not _MISSING:
+                    raise RuntimeInputError(f"entry {self.name!r}: argument {k!r} given twice")
+                full[i] = v
+            missing = [a for a, v in zip(self.arg_names, full) if v is _MISSING]
+            if missing:
+                raise RuntimeInputError(f"entry {self.name!r}: missing arguments {', '.join(missing)}")
+            args = tuple(full)
+        if len(args) != n:
+            raise RuntimeInputError(f"entry {self.name!r} takes {n} arguments ({', '.join(self.arg_names)}), "
+                                    f"got {len(args)}")
+        if self.flat_args and not any(isinstance(a, (tuple, list, dict)) or a is None for a in args):
+            return list(args)
+        try:
+            leaves, tree = pytree.flatten(tuple(args))
+        except TypeError as e:
+            raise RuntimeInputError(f"entry {self.name!r}: {e}") from None
+        if tree != self.in_tree:
+            raise RuntimeInputError(f"entry {self.name!r}: argument structure {pytree.treedef_to_json(tree)} does "
+                                    f"not match the traced {pytree.treedef_to_json(self.in_tree)}")
+        return leaves
+
+
+def _owned(a: Any) -> np.ndarray:
+    """`a` as an array the caller may keep and write: views and read-only arrays are copied."""
+    a = np.asarray(a)
+    if a.base is not None or not a.flags.writeable:
+        return a.copy()
+    return a
+
+
+class _Profile:
+    """Per-op wall time, merged from every call under a lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.rows: dict[int, list] = {}  # id(step) -> [label, kind, calls, seconds]
+
+    def merge(self, times: list[tuple[Any, float]]) -> None:
+        with self.lock:
+            for step, dt in times:
+                row = self.rows.get(id(step))
+                if row is None:
+                    row = self.rows[id(step)] = [step.label, step.kind, 0, 0.0]
+                row[2] += 1
+                row[3] += dt
+
+
+class Session:
+    """A loaded model. `run` executes entry "main"; `sess["name"]` selects another entry.
+
+    >>> import tracer
+    >>> from exporters.castml_format import to_bytes
+    >>> sess = load(to_bytes(tracer.trace(lambda x: x * x, 2.0)))
+    >>> sess.inputs
+    [TensorInfo(name='x', dtype=dtype('float64'), shape=())]
+    >>> float(sess.run(3.0))
+    9.0
+    """
+
+    def __init__(self, model: ModelDef, entries: dict[str, _Entry], entry: str | None, profile: bool):
+        self._model = model
+        self._entries = entries
+        self._entry_name = entry
+        self._profile = _Profile() if profile else None
+
+    # -- entry selection -----------------------------------------------------------------------
+    @property
+    def entries(self) -> list[str]:
+        """Names of the model's entry points."""
+        return sorted(self._entries)
+
+    def __getitem__(self, name: str) -> Session:
+        if name not in self._entries:
+            raise RuntimeInputError(f"no entry {name!r}; the model has {', '.join(self.entries)}")
+        view = Session(self._model, self._entries, name, False)
+        view._profile = self._profile
+        return view
+
+    @property
+    def _entry(self) -> _Entry:
+        name = self._entry_name
+        if name is None:
+            raise RuntimeInputError(f"the model has no entry 'main'; choose one with sess[name]: "
+                                    f"{', '.join(self.entries)}")
+        return self._entries[name]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        """(name, dtype, shape) of every input leaf, symbolic dims kept (`("batch", 784)`)."""
+        return list(self._entry.inputs)
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        """(name, dtype, shape) of every output leaf."""
+        return list(self._entry.outputs)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The entry's free-form metadata."""
+        return dict(self._entry.metadata)
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the entry on arguments shaped like the traced function's; returns its pytree."""
+        e = self._entry
+        arrays, env = e.program.bind(e.leaves(args, kwargs))
+        if self._profile is None:
+            outs = e.program.execute(arrays, env)
+        else:
+            outs = self._run_profiled(e, arrays, env)
+        if e.single_out:
+            return _owned(outs[0])
+        return pytree.unflatten(e.out_tree, [_owned(o) for o in outs])
+
+    def _run_profiled(self, e: _Entry, arrays: list, env: dict) -> list:
+        times: list[tuple[Any, float]] = []
+        last = [time.perf_counter()]
+
+        def hook(step, _out) -> None:
+            now = time.perf_counter()
+            times.append((step, now - last[0]))
+            last[0] = now
+
+        outs = e.program.execute(arrays, env, hook=hook)
+        self._profile.merge(times)
+        return outs
+
+    def profile(self) -> list[ProfileRow]:
+        """Time per op over all calls so far, slowest first (load with `profile=True`)."""
+        if self._profile is None:
+            raise CastmlError("no profile: load the model with runtime.load(..., profile=True)")
+        with self._profile.lock:
+            rows = [ProfileRow(*r) for r in self._profile.rows.values()]
+        return sorted(rows, key=lambda r: -r.seconds)
+
+    def memory_plan(self, **dims: int) -> MemoryPlan:
+        """Planned peak bytes vs the liveness lower bound, for the given symbol values.
+
+        >>> import tracer
+        >>> from exporters.castml_format import to_bytes
+        >>> g = tracer.trace(lambda x: np.exp(np.exp(x)), tracer.TensorSpec(("n",), np.float64))
+        >>> load(to_bytes(g)).memory_plan(n=4).peak_bytes
+        64
+        """
+        e = self._entry
+        return plan_memory(e.spec, e.program, dims)
+
+    def __repr__(self) -> str:
+        return f"<runtime.Session entries={self.entries} selected={self._entry_name!r}>"
+
+
+def _blas_function(action: str):
+    """NumPy's OpenBLAS `<prefix>openblas_{action}_num_threads<suffix>`, found among loaded libraries."""
+    with open("/proc/self/maps") as f:
+        libs = sorted({line.split()[-1] for line in f if "blas" in line.lower() and "/" in line})
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        for symbol in (f"scipy_openblas_{action}_num_threads64_", f"openblas_{action}_num_threads64_",
+                       f"openblas_{action}_num_threads", f"scipy_openblas_{action}_num_threads"):
+            fn = getattr(lib, symbol, None)
+            if fn is not None:
+                return fn
+    raise CastmlError(f"blas_threads: no OpenBLAS with {action}_num_threads is loaded by NumPy")
+
+
+def set_blas_threads(n: int) -> int:
+    """Set the thread count of NumPy's OpenBLAS (process-wide); returns the previous count.
+
+    >>> old = set_blas_threads(1); _ = set_blas_threads(old)
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"blas_threads must be a positive int, got {n!r}")
+    old = int(_blas_function("get")())
+    _blas_function("set")(ctypes.c_int(n))
+    return old
+
+
+def load(source: Any, verify: bool = False, profile: bool = False, blas_threads: int | None = None) -> Session:
+    """Load a `.castml` model from a path (memory-mapped), bytes or memoryview.
+
+    `verify=True` checks the tensor data against the hash in the file; `profile=True` records
+    time per op (`sess.profile()`); `blas_threads` sets OpenBLAS's thread count (process-wide).
+
+    >>> import tracer
+    >>> from exporters.castml_format import to_bytes
+    >>> load(to_bytes({"a": tracer.trace(lambda x: -x, 1.0)})).entries
+    ['a']
+    """
+    if blas_threads is not None:
+        set_blas_threads(blas_threads)
+    model = load_model(source, verify)
+    entries = {name: _Entry(name, gd) for name, gd in model.entries.items()}
+    return Session(model, entries, "main" if "main" in entries else None, profile)
