@@ -69,4 +69,7 @@ def conv_out_dim(size, k: int, stride: int, pad_begin: int, pad_end: int, dilati
     num = D.sub(D.add(size, pad_begin + pad_end), span)
     if ceil_mode:
         num = D.add(num, stride - 1)
-    return D.add(D.floordiv(num, stride), 1)
+    out = D.add(D.floordiv(num, stride), 1)
+    if ceil_mode and isinstance(out, int) and isinstance(size, int) and (out - 1) * stride >= size + pad_begin:
+        out -= 1  # ONNX/PyTorch drop a last window that would start inside the right padding
+    return out

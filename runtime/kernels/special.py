@@ -33,34 +33,14 @@ _ERF_SMALL = (
     1.6461000484121368e-06, -1.6350312701054695e-07, 1.4659775274047436e-08, -1.1372848856791674e-09,
     5.957176147748911e-11,
 )
-# exp(x*x) * erfc(x) on the six intervals [1 + k/2, 1.5 + k/2], k = 0..5, as polynomials in
-# s = 4*(x - centre_k) in [-1, 1]; row k holds interval k, column j the coefficient of s**j.
-_ERFC_MID = np.array([
-    [0.3678229164523611, -0.05220546899115238, 0.006674723218537419, -0.0007846605374382521,
-     8.598189160507216e-05, -8.868776967725166e-06, 8.674584711778801e-07, -8.09194284279868e-08,
-     7.232217406690809e-09, -6.215429959552571e-10, 5.154261278261677e-11, -4.214961825526736e-12,
-     3.2747182507155396e-13],
-    [0.2849722347374364, -0.03274408637862129, 0.0034852268804429535, -0.0003478124256469985,
-     3.2829371903648855e-05, -2.950170555585948e-06, 2.537120414482415e-07, -2.096762028769442e-08,
-     1.670918660864194e-09, -1.2875251113676387e-10, 9.61847389834657e-12, -7.092030933689514e-13,
-     5.0048417345007894e-14],
-    [0.23108725873039188, -0.022121625702187286, 0.0019995392131691415, -0.00017190719931942612,
-     1.4136700602964347e-05, -1.1169223469151147e-06, 8.509165574807611e-08, -6.269598619463966e-09,
-     4.478950947622092e-10, -3.108856441414792e-11, 2.10082401649295e-12, -1.402683891597517e-13,
-     9.019823445765036e-15],
-    [0.1936620962790687, -0.01580940939015871, 0.001234912061707679, -9.272402964060302e-05,
-     6.717116739411538e-06, -4.708936375997823e-07, 3.202680676576849e-08, -2.117835321201201e-09,
-     1.3641597025404525e-10, -8.572609778060283e-12, 5.263802979021472e-13, -3.1971258939165315e-14,
-     1.8800738604690586e-15],
-    [0.16633534842682188, -0.011799850580292594, 0.0008085806801886348, -5.367923907668294e-05,
-     3.4609553809933582e-06, -2.1717047807742037e-07, 1.3286232619299866e-08, -7.937403081265358e-10,
-     4.636889929605563e-11, -2.651912467909991e-12, 1.4865485154109668e-13, -8.251888719805715e-15,
-     4.454562117727668e-16],
-    [0.14558972127503855, -0.009114064383180883, 0.0005549222204578311, -3.292629484639286e-05,
-     1.907118680060835e-06, -1.0798786613289054e-07, 5.985430999920972e-09, -3.251143200862901e-10,
-     1.732369459208254e-11, -9.063500898261399e-13, 4.659999514606456e-14, -2.3750846277556673e-15,
-     1.1815817873651303e-16],
-])
+# exp(x*x) * erfc(x) for 1 <= x < 4, as a polynomial (degree 15) in s = 12/(x + 2) - 3 in [-1, 1]:
+# in the variable 1/(x + 2) one polynomial covers the range that needs six in powers of x.
+_ERFC_MID = (
+    0.25539567631050575, 0.14239528247131947, 0.02685091047138511, 0.0029251326302123506,
+    4.6085091412548236e-05, -2.879613884511253e-05, -1.1620620811206353e-06, 4.490064176032691e-07,
+    6.638594417571672e-09, -8.858477702184788e-09, 4.660771511350794e-10, 1.5571252504705471e-10,
+    -2.6202225442047474e-11, -8.981526998406953e-13, 7.425738111007737e-13, -6.816873015555312e-14,
+)
 # x * exp(x*x) * erfc(x) for x >= 4, as a polynomial in s = 32/x**2 - 1 in [-1, 1].
 _ERFC_FAR = (
     0.5557581685752836, -0.008073805168515238, 0.0003335970130798221, -2.1861074903197153e-05,
@@ -68,9 +48,14 @@ _ERFC_FAR = (
     5.997909547717608e-10, -1.0392183818824352e-10, 1.958804427777353e-11, -4.7243775186469616e-12,
     1.0329783159266158e-12,
 )
-_MID_COLUMNS = tuple(np.ascontiguousarray(_ERFC_MID[:, j]) for j in range(_ERFC_MID.shape[1]))
 # Zeroing the low 27 of the 52 mantissa bits leaves 26 significant bits, so hi*hi is exact.
 _SPLIT_MASK = np.uint64(0xFFFFFFFFF8000000)
+
+
+def _partition(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices where `mask` is true and where it is false. Boolean indexing runs a branchy
+    loop, ~10x slower than `flatnonzero` + `take` on masks of mixed values."""
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
 def _horner(coefs, s: np.ndarray) -> np.ndarray:
@@ -82,8 +67,11 @@ def _horner(coefs, s: np.ndarray) -> np.ndarray:
     return p
 
 
-def _exp_neg_square(a: np.ndarray) -> np.ndarray:
-    """exp(-a*a) to ~1 ulp: a*a rounded would cost a*a*2**-53 relative (7e-14 at a=26)."""
+def _exp_neg_square(a: np.ndarray, exact: bool) -> np.ndarray:
+    """exp(-a*a); `exact`: to ~1 ulp, where rounding a*a would cost a*a*2**-53 relative (7e-14
+    at a = 26). erf does not need it: there the error is scaled by erfc(a) <= 0.16."""
+    if not exact:
+        return np.exp(-(a * a))
     a = np.minimum(a, 40.0)  # exp(-1600) is 0 anyway; keeps the split finite for inf
     hi = (a.view(np.uint64) & _SPLIT_MASK).view(np.float64)
     return np.exp(-(hi * hi)) * np.exp((hi - a) * (a + hi))
@@ -93,49 +81,82 @@ def _erf_small(x: np.ndarray) -> np.ndarray:
     return x * _horner(_ERF_SMALL, x * x)
 
 
-def _erfc_tail(a: np.ndarray) -> np.ndarray:
+def _erfc_tail(a: np.ndarray, exact: bool) -> np.ndarray:
     """erfc(a) for float64 a >= 1 (nan and inf too)."""
+    with np.errstate(over="ignore"):  # a*a overflows to inf for a > 1e154: harmless below
+        return _erfc_tail_unchecked(a, exact)
+
+
+def _erfc_tail_unchecked(a: np.ndarray, exact: bool) -> np.ndarray:
     out = np.empty_like(a)
-    mid = a < 4.0
-    am = a[mid]
-    k = ((am - 1.0) * 2.0).astype(np.intp)  # interval index, 0..5
-    s = 4.0 * am - (5.0 + 2.0 * k)  # 4 * (am - centre_k), centre_k = 1.25 + k/2
-    p = _MID_COLUMNS[-1].take(k)
-    for col in _MID_COLUMNS[-2::-1]:
-        p *= s
-        p += col.take(k)
-    out[mid] = p * _exp_neg_square(am)
-    far = ~mid
-    af = a[far]
-    with np.errstate(over="ignore"):  # af*af overflows to inf for af > 1e154: s = -1, fine
-        s = 32.0 / (af * af) - 1.0
-    out[far] = _horner(_ERFC_FAR, s) * _exp_neg_square(af) / af
+    mid, far = _partition(a < 4.0)
+    am = a.take(mid)
+    s = 12.0 / (am + 2.0)
+    s -= 3.0
+    out[mid] = _horner(_ERFC_MID, s) * _exp_neg_square(am, exact)
+    af = a.take(far)
+    s = 32.0 / (af * af)
+    s -= 1.0
+    out[far] = _horner(_ERFC_FAR, s) * _exp_neg_square(af, exact) / af
     return out
 
 
-def _float64(x) -> tuple[np.ndarray, np.dtype]:
+# --- elementwise driver ------------------------------------------------------------------------
+
+_BLOCK = 1 << 16
+_zeros_cache: dict = {}
+
+
+def _apply(fn, x, work=None) -> np.ndarray:
+    """fn applied to x's data, flat, in blocks of 64K elements, each converted to the work dtype
+    (default: float16 -> float32, integers -> float64, else the input's) and the result back.
+
+    Blocks keep the temporaries of multi-step formulas in cache and let malloc recycle them;
+    whole-array temporaries page-fault fresh megabytes on every op (erf: 3x slower at 1M).
+    """
     x = np.asarray(x)
-    return x.astype(np.float64, copy=False).reshape(-1), x.dtype
+    dt = x.dtype
+    if work is None:
+        work = np.float32 if dt == np.float16 else (dt if dt.kind == "f" else np.float64)
+    flat = x.reshape(-1)
+    if flat.size <= _BLOCK:
+        return fn(flat.astype(work, copy=False)).reshape(x.shape).astype(dt, copy=False)
+    out = np.empty(flat.shape, dt)
+    for i in range(0, flat.size, _BLOCK):
+        out[i:i + _BLOCK] = fn(flat[i:i + _BLOCK].astype(work, copy=False))
+    return out.reshape(x.shape)
+
+
+def _positive_part(v: np.ndarray) -> np.ndarray:
+    """max(v, 0) for a block, against cached zeros: `np.maximum(v, 0)` with a scalar runs a
+    loop 2-3x slower than with an array of the same shape (PERF_NOTES.md)."""
+    zeros = _zeros_cache.get(v.dtype)
+    if zeros is None:
+        zeros = _zeros_cache[v.dtype] = np.zeros(_BLOCK, v.dtype)
+        zeros.flags.writeable = False
+    return np.maximum(v, zeros[: v.size])
 
 
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function, 2/sqrt(pi) * integral of exp(-t*t) from 0 to x (ONNX Erf).
 
-    float64: within 1e-15 relative of the true value for normal results; float32/float16: the
-    float64 result rounded once. erf(+-inf) = +-1, erf(nan) = nan, erf(-0.0) = -0.0.
+    Computed in float64 for every dtype: within 1e-15 relative of the true value for normal
+    results, so float32/float16 get the float64 value rounded once.
+    erf(+-inf) = +-1, erf(nan) = nan, erf(-0.0) = -0.0.
 
     >>> erf(np.array([0.0, 0.5, -2.0, np.inf]))
     array([ 0.        ,  0.52049988, -0.99532227,  1.        ])
     """
-    v, dt = _float64(x)
+    return _apply(_erf64, x, np.float64)
+
+
+def _erf64(v: np.ndarray) -> np.ndarray:
     out = np.empty_like(v)
-    small = np.abs(v) < 1.0  # nan goes to the tail, which propagates it
-    vs = v[small]
-    out[small] = _erf_small(vs)
-    big = ~small
-    vb = v[big]
-    out[big] = np.copysign(1.0 - _erfc_tail(np.abs(vb)), vb)
-    return out.reshape(np.shape(x)).astype(dt, copy=False)
+    small, big = _partition(np.abs(v) < 1.0)  # nan goes to the tail, which propagates it
+    out[small] = _erf_small(v.take(small))
+    vb = v.take(big)
+    out[big] = np.copysign(1.0 - _erfc_tail(np.abs(vb), exact=False), vb)
+    return out
 
 
 def erfc(x: np.ndarray) -> np.ndarray:
@@ -147,47 +168,20 @@ def erfc(x: np.ndarray) -> np.ndarray:
     >>> erfc(np.array([0.0, 1.0, 10.0, -np.inf]))
     array([1.00000000e+00, 1.57299207e-01, 2.08848758e-45, 2.00000000e+00])
     """
-    v, dt = _float64(x)
+    return _apply(lambda v: _erfc64(v, exact=True), x, np.float64)
+
+
+def _erfc64(v: np.ndarray, exact: bool) -> np.ndarray:
     out = np.empty_like(v)
-    small = np.abs(v) < 1.0
-    out[small] = 1.0 - _erf_small(v[small])
-    big = ~small
-    vb = v[big]
-    tail = _erfc_tail(np.abs(vb))
-    out[big] = np.where(vb < 0, 2.0 - tail, tail)
-    return out.reshape(np.shape(x)).astype(dt, copy=False)
+    small, big = _partition(np.abs(v) < 1.0)
+    out[small] = 1.0 - _erf_small(v.take(small))
+    vb = v.take(big)
+    # tail for vb > 0, 2 - tail for vb < 0, without a branch
+    out[big] = np.copysign(_erfc_tail(np.abs(vb), exact), vb) + (1.0 - np.copysign(1.0, vb))
+    return out
 
 
 # --- activations -------------------------------------------------------------------------------
-
-def _work(x) -> tuple[np.ndarray, tuple, np.dtype]:
-    """Flat data in the dtype to compute in, the shape and the dtype to return."""
-    x = np.asarray(x)
-    dt = x.dtype
-    work = np.float32 if dt == np.float16 else (dt if dt.kind == "f" else np.float64)
-    return x.astype(work, copy=False).reshape(-1), x.shape, dt
-
-
-def _done(y: np.ndarray, shape: tuple, dt: np.dtype) -> np.ndarray:
-    return y.reshape(shape).astype(dt, copy=False)
-
-
-_ZERO_BLOCK = 1 << 16
-_zeros_cache: dict = {}
-
-
-def _positive_part(v: np.ndarray) -> np.ndarray:
-    """max(v, 0) for flat v, against a cached block of zeros (2-3x faster than a scalar 0)."""
-    zeros = _zeros_cache.get(v.dtype)
-    if zeros is None:
-        zeros = _zeros_cache[v.dtype] = np.zeros(_ZERO_BLOCK, v.dtype)
-        zeros.flags.writeable = False
-    out = np.empty_like(v)
-    for i in range(0, v.size, _ZERO_BLOCK):
-        j = min(i + _ZERO_BLOCK, v.size)
-        np.maximum(v[i:j], zeros[: j - i], out=out[i:j])
-    return out
-
 
 def relu(x: np.ndarray) -> np.ndarray:
     """max(x, 0) (ONNX Relu); integer dtypes stay integer, nan stays nan.
@@ -196,7 +190,16 @@ def relu(x: np.ndarray) -> np.ndarray:
     array([0., 0., 2.], dtype=float32)
     """
     x = np.asarray(x)
-    return _positive_part(x.reshape(-1)).reshape(x.shape)
+    return _apply(_positive_part, x, x.dtype)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(v))  # in (0, 1]: no overflow
+    # numerator 1 for x >= 0, e for x < 0; max(e, x >= 0) picks it without a branch (nan: nan)
+    y = np.maximum(e, v >= 0, dtype=v.dtype)
+    e += 1.0
+    y /= e
+    return y
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -205,13 +208,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     >>> sigmoid(np.array([-1000.0, 0.0, 2.0, 1000.0]))
     array([0.        , 0.5       , 0.88079708, 1.        ])
     """
-    v, shape, dt = _work(x)
-    e = np.exp(-np.abs(v))  # in (0, 1]: no overflow
-    # numerator 1 for x >= 0, e for x < 0; max(e, x >= 0) picks it without a branch (nan: nan)
-    y = np.maximum(e, v >= 0, dtype=v.dtype)
-    e += 1.0
-    y /= e
-    return _done(y, shape, dt)
+    return _apply(_sigmoid, x)
+
+
+def _softplus(v: np.ndarray) -> np.ndarray:
+    y = np.log1p(np.exp(-np.abs(v)))
+    y += _positive_part(v)
+    return y
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
@@ -220,10 +223,13 @@ def softplus(x: np.ndarray) -> np.ndarray:
     >>> softplus(np.array([-30.0, 0.0, 1000.0]))
     array([9.35762297e-14, 6.93147181e-01, 1.00000000e+03])
     """
-    v, shape, dt = _work(x)
-    y = np.log1p(np.exp(-np.abs(v)))
-    y += _positive_part(v)
-    return _done(y, shape, dt)
+    return _apply(_softplus, x)
+
+
+def _softsign(v: np.ndarray) -> np.ndarray:
+    d = np.abs(v)
+    d += 1.0
+    return np.divide(v, d, out=d)
 
 
 def softsign(x: np.ndarray) -> np.ndarray:
@@ -232,20 +238,20 @@ def softsign(x: np.ndarray) -> np.ndarray:
     >>> softsign(np.array([-3.0, 0.0, 1.0]))
     array([-0.75,  0.  ,  0.5 ])
     """
-    v, shape, dt = _work(x)
-    d = np.abs(v)
-    d += 1.0
-    return _done(v / d, shape, dt)
+    return _apply(_softsign, x)
 
 
-def _exp_linear(v: np.ndarray, alpha: float, inner: float) -> np.ndarray:
-    """max(v, 0) + alpha * expm1(min(v, 0) * inner): ELU-style, branch-free and overflow-free."""
-    neg = np.minimum(v, 0.0)
-    if inner != 1.0:
-        neg *= inner
-    y = np.expm1(neg, out=neg)
+def _exp_linear(v: np.ndarray, alpha: float, scale: float, gamma: float = 1.0) -> np.ndarray:
+    """gamma * (max(v, 0) + alpha * expm1(min(v, 0) * scale)): the ELU family, branch-free
+    and without overflow (exp only sees v <= 0)."""
+    y = np.minimum(v, 0.0)
+    if scale != 1.0:
+        y *= scale
+    np.expm1(y, out=y)
     y *= alpha
     y += _positive_part(v)
+    if gamma != 1.0:
+        y *= gamma
     return y
 
 
@@ -255,8 +261,7 @@ def elu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
     >>> elu(np.array([-1.0, 0.0, 2.0]))
     array([-0.63212056,  0.        ,  2.        ])
     """
-    v, shape, dt = _work(x)
-    return _done(_exp_linear(v, alpha, 1.0), shape, dt)
+    return _apply(lambda v: _exp_linear(v, alpha, 1.0), x)
 
 
 def celu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
@@ -265,20 +270,17 @@ def celu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
     >>> celu(np.array([-1.0, 2.0]), alpha=2.0)
     array([-0.78693868,  2.        ])
     """
-    v, shape, dt = _work(x)
-    return _done(_exp_linear(v, alpha, 1.0 / alpha), shape, dt)
+    return _apply(lambda v: _exp_linear(v, alpha, 1.0 / alpha), x)
 
 
-def selu(x: np.ndarray, *, alpha: float = 1.6732632423543772, gamma: float = 1.0507009873554805) -> np.ndarray:
+def selu(x: np.ndarray, *, alpha: float = 1.6732632423543772,
+         gamma: float = 1.0507009873554805) -> np.ndarray:
     """gamma * x for x > 0, gamma * alpha * (exp(x) - 1) for x <= 0 (ONNX Selu).
 
     >>> selu(np.array([-1.0, 1.0]))
     array([-1.11133074,  1.05070099])
     """
-    v, shape, dt = _work(x)
-    y = _exp_linear(v, alpha, 1.0)
-    y *= gamma
-    return _done(y, shape, dt)
+    return _apply(lambda v: _exp_linear(v, alpha, 1.0, gamma), x)
 
 
 def leaky_relu(x: np.ndarray, *, alpha: float = 0.01) -> np.ndarray:
@@ -287,10 +289,9 @@ def leaky_relu(x: np.ndarray, *, alpha: float = 0.01) -> np.ndarray:
     >>> leaky_relu(np.array([-2.0, 3.0]), alpha=0.1)
     array([-0.2,  3. ])
     """
-    v, shape, dt = _work(x)
     # for alpha <= 1 the result is max(x, alpha*x), for alpha > 1 min(x, alpha*x): no branch
     pick = np.maximum if alpha <= 1.0 else np.minimum
-    return _done(pick(v, v * alpha), shape, dt)
+    return _apply(lambda v: pick(v, v * alpha), x)
 
 
 def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
@@ -303,13 +304,12 @@ def prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     x, slope = np.asarray(x), np.asarray(slope)
     if np.broadcast_shapes(x.shape, slope.shape) != x.shape:
         raise ValueError(f"prelu: slope of shape {slope.shape} does not broadcast to x of shape {x.shape}")
-    dt = x.dtype
-    work = np.float32 if dt == np.float16 else dt
-    xw, sw = x.astype(work, copy=False), slope.astype(work, copy=False)
+    work = np.float32 if x.dtype == np.float16 else x.dtype
+    xw = x.astype(work, copy=False)
     y = np.minimum(xw, 0)
-    y *= sw
-    y += _positive_part(xw.reshape(-1)).reshape(x.shape)
-    return y.astype(dt, copy=False)
+    y *= slope.astype(work, copy=False)
+    y += np.maximum(xw, 0)
+    return y.astype(x.dtype, copy=False)
 
 
 def thresholded_relu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
@@ -318,8 +318,13 @@ def thresholded_relu(x: np.ndarray, *, alpha: float = 1.0) -> np.ndarray:
     >>> thresholded_relu(np.array([0.5, 1.0, 1.5]))
     array([0. , 0. , 1.5])
     """
-    v, shape, dt = _work(x)
-    return _done(np.where(v > alpha, v, 0), shape, dt)
+    return _apply(lambda v: np.where(v > alpha, v, 0), x)
+
+
+def _hard_sigmoid(v: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    y = v * alpha
+    y += beta
+    return np.clip(y, 0.0, 1.0, out=y)
 
 
 def hard_sigmoid(x: np.ndarray, *, alpha: float = 0.2, beta: float = 0.5) -> np.ndarray:
@@ -328,10 +333,7 @@ def hard_sigmoid(x: np.ndarray, *, alpha: float = 0.2, beta: float = 0.5) -> np.
     >>> hard_sigmoid(np.array([-5.0, 0.0, 1.0, 5.0]))
     array([0. , 0.5, 0.7, 1. ])
     """
-    v, shape, dt = _work(x)
-    y = v * alpha
-    y += beta
-    return _done(np.clip(y, 0.0, 1.0, out=y), shape, dt)
+    return _apply(lambda v: _hard_sigmoid(v, alpha, beta), x)
 
 
 def hard_swish(x: np.ndarray) -> np.ndarray:
@@ -340,40 +342,21 @@ def hard_swish(x: np.ndarray) -> np.ndarray:
     >>> hard_swish(np.array([-4.0, 1.0, 4.0]))
     array([-0.        ,  0.66666667,  4.        ])
     """
-    v, shape, dt = _work(x)
-    y = v * (1.0 / 6.0)
-    y += 0.5
-    np.clip(y, 0.0, 1.0, out=y)
-    y *= v
-    return _done(y, shape, dt)
+    return _apply(lambda v: _hard_sigmoid(v, 1.0 / 6.0, 0.5) * v, x)
 
 
 _SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
-    """Gaussian error linear unit (ONNX Gelu, opset 20).
+def _gelu_erf(v: np.ndarray) -> np.ndarray:
+    y = _erfc64(v * -_SQRT_HALF, exact=False)
+    y *= v
+    y *= 0.5
+    return y
 
-    approximate="none": x * Phi(x), computed as x/2 * erfc(-x/sqrt(2)), which stays accurate
-    (relative) for x << 0 where 1 + erf(x/sqrt(2)) cancels; "tanh": the tanh approximation
-    x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
 
-    >>> gelu(np.array([-1.0, 0.0, 1.0]))
-    array([-0.15865525,  0.        ,  0.84134475])
-    >>> gelu(np.array([1.0]), approximate="tanh")
-    array([0.84119199])
-    """
-    if approximate == "none":
-        xs = np.asarray(x)
-        v, dt = _float64(xs)
-        y = erfc(v * -_SQRT_HALF)
-        y *= v
-        y *= 0.5
-        return y.reshape(xs.shape).astype(dt, copy=False)
-    if approximate != "tanh":
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-    v, shape, dt = _work(x)
+def _gelu_tanh(v: np.ndarray) -> np.ndarray:
     inner = v * v
     inner *= 0.044715
     inner += 1.0
@@ -383,4 +366,23 @@ def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
     y += 1.0
     y *= v
     y *= 0.5
-    return _done(y, shape, dt)
+    return y
+
+
+def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
+    """Gaussian error linear unit (ONNX Gelu, opset 20).
+
+    approximate="none": x * Phi(x), computed (in float64) as x/2 * erfc(-x/sqrt(2)), which stays
+    accurate for x << 0 where 1 + erf(x/sqrt(2)) cancels; "tanh": the tanh approximation
+    x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+
+    >>> gelu(np.array([-1.0, 0.0, 1.0]))
+    array([-0.15865525,  0.        ,  0.84134475])
+    >>> gelu(np.array([1.0]), approximate="tanh")
+    array([0.84119199])
+    """
+    if approximate == "none":
+        return _apply(_gelu_erf, x, np.float64)
+    if approximate == "tanh":
+        return _apply(_gelu_tanh, x)
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")

@@ -1,0 +1,305 @@
+"""Sliding-window kernels with ONNX semantics: convolution, transposed convolution, pooling.
+
+Layout is NC + 1, 2 or 3 spatial dims; `pads` lists all begins, then all ends (ONNX order).
+Why the code looks the way it does (measurements in PERF_NOTES.md):
+
+- `conv` is lowered to GEMM: the padded input is viewed as sliding windows, copied once into
+  an im2col matrix of shape (N, group, C/group * prod(kernel), prod(out)), and multiplied by
+  the weights in one batched matmul whose result already is NC + spatial. A 1x1, stride-1,
+  unpadded conv is that matmul on a view of the input (no copy). Depthwise convs would be
+  thousands of 1-row GEMMs, so they instead accumulate one shifted view per kernel tap.
+- `conv_transpose` is the adjoint: one batched matmul to columns, then one strided add per tap.
+- Pooling is separable: the max (or sum) over a box window is the max over one axis after the
+  other, so a k x k pool costs 2k array passes instead of k*k, in the same code for 1-3 dims.
+- float16 is computed in float32 (NumPy's float16 matmul has no BLAS) and rounded once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def _work_dtype(dt: np.dtype) -> np.dtype:
+    """The dtype to compute in: float16 -> float32, other floats as they are."""
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
+def _window(nd: int, kernel, strides, pads, dilations, what: str):
+    """Validated (kernel, strides, pads, dilations) tuples for `nd` spatial dims."""
+    kernel = tuple(int(k) for k in kernel)
+    strides = (1,) * nd if strides is None else tuple(int(s) for s in strides)
+    pads = (0,) * (2 * nd) if pads is None else tuple(int(p) for p in pads)
+    dilations = (1,) * nd if dilations is None else tuple(int(d) for d in dilations)
+    for name, got, n in (("kernel", kernel, nd), ("strides", strides, nd), ("pads", pads, 2 * nd),
+                         ("dilations", dilations, nd)):
+        if len(got) != n:
+            raise ValueError(f"{what}: {name} needs {n} entries for {nd} spatial dims, got {got}")
+    if min(kernel + strides + dilations, default=1) < 1:
+        raise ValueError(f"{what}: kernel, strides and dilations must be >= 1, got {kernel}, {strides}, "
+                         f"{dilations}")
+    return kernel, strides, pads, dilations
+
+
+def _out_len(size: int, k: int, s: int, pb: int, pe: int, d: int, ceil_mode: bool = False) -> int:
+    """Output length along one axis (ONNX): in ceil mode, a last window that would start in the
+    end padding is dropped."""
+    num = size + pb + pe - (k - 1) * d - 1
+    if not ceil_mode:
+        return num // s + 1
+    out = -(-num // s) + 1
+    return out - 1 if (out - 1) * s >= size + pb else out
+
+
+def _spatial_dims(x: np.ndarray, what: str) -> int:
+    nd = x.ndim - 2
+    if nd < 1:
+        raise ValueError(f"{what}: input needs rank >= 3 (N, C, spatial...), got shape {x.shape}")
+    return nd
+
+
+def _pad_constant(x: np.ndarray, begins, ends, value) -> np.ndarray:
+    """x padded with `value` by begins[i]/ends[i] along its last len(begins) axes (negative: crop).
+    Returns x itself when there is nothing to do."""
+    lead = x.ndim - len(begins)
+    begins, ends = (0,) * lead + tuple(begins), (0,) * lead + tuple(ends)
+    if not any(begins) and not any(ends):
+        return x
+    shape = tuple(n + b + e for n, b, e in zip(x.shape, begins, ends))
+    if min(shape) < 0:
+        raise ValueError(f"pads {begins} / {ends} crop more than the shape {x.shape}")
+    out = np.empty(shape, x.dtype)
+    for axis, (n, b, e) in enumerate(zip(shape, begins, ends)):
+        lead_idx = (slice(None),) * axis
+        if b > 0:
+            out[lead_idx + (slice(0, b),)] = value
+        if e > 0:
+            out[lead_idx + (slice(n - e, n),)] = value
+    dst = tuple(slice(max(b, 0), n - max(e, 0)) for n, b, e in zip(shape, begins, ends))
+    src = tuple(slice(max(-b, 0), n - max(-e, 0)) for n, b, e in zip(x.shape, begins, ends))
+    out[dst] = x[src]
+    return out
+
+
+def _tap(t: int, d: int, s: int, o: int) -> slice:
+    """Input positions read by kernel tap t for o outputs: t*d, t*d + s, ..."""
+    return slice(t * d, t * d + s * (o - 1) + 1, s)
+
+
+def _tap_index(tap: tuple, dilations, strides, out) -> tuple:
+    """Index of the (N, C, *spatial) positions that kernel tap `tap` reads for `out` outputs."""
+    return (slice(None),) * 2 + tuple(_tap(t, d, s, o) for t, d, s, o in zip(tap, dilations, strides, out))
+
+
+def _bias_shape(n: int, nd: int) -> tuple:
+    return (n,) + (1,) * nd
+
+
+# --- convolution -------------------------------------------------------------------------------
+
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=None, pads=None,
+         dilations=None, group: int = 1) -> np.ndarray:
+    """N-d convolution (ONNX Conv): x (N, C, *S), w (M, C/group, *K), b (M,) -> (N, M, *out).
+
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> conv(x, np.ones((1, 1, 2, 2)), strides=(2, 2))
+    array([[[[10., 18.],
+             [42., 50.]]]])
+    """
+    x, w = np.asarray(x), np.asarray(w)
+    nd = _spatial_dims(x, "conv")
+    kernel, strides, pads, dilations = _window(nd, w.shape[2:], strides, pads, dilations, "conv")
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    if group < 1 or c != cg * group or m % group:
+        raise ValueError(f"conv: input channels {c} and weight {w.shape} do not fit group={group}")
+    dt = x.dtype
+    work = _work_dtype(dt)
+    xp = _pad_constant(x.astype(work, copy=False), pads[:nd], pads[nd:], 0)
+    w = w.astype(work, copy=False)
+    out = tuple(_out_len(xp.shape[2 + i], kernel[i], strides[i], 0, 0, dilations[i]) for i in range(nd))
+    if min(out) < 1:
+        raise ValueError(f"conv: kernel {kernel} (dilations {dilations}) is larger than the padded "
+                         f"input {xp.shape[2:]}")
+    if cg == 1 and group > 1:
+        y = _depthwise(xp, w, strides, dilations, out)
+    else:
+        y = np.matmul(w.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out))
+    y = y.reshape((n, m) + out)
+    if b is not None:
+        y += np.asarray(b).astype(work, copy=False).reshape(_bias_shape(m, nd))
+    return y.astype(dt, copy=False)
+
+
+def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.ndarray:
+    """(N, group, C/group * prod(kernel), prod(out)) columns of the padded input; a view when
+    the conv is 1x1 with stride 1."""
+    n, c = xp.shape[:2]
+    nd = len(kernel)
+    if all(k == 1 for k in kernel) and all(s == 1 for s in strides):
+        return xp.reshape(n, group, c // group, -1)
+    spans = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
+    win = sliding_window_view(xp, spans, axis=tuple(range(2, 2 + nd)))
+    win = win[(slice(None),) * 2 + tuple(slice(None, None, s) for s in strides)
+              + tuple(slice(None, None, d) for d in dilations)]
+    # (N, C, *out, *K) -> (N, C, *K, *out): the copy then reads along output rows, mostly contiguous
+    order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
+    return win.transpose(order).reshape(n, group, (c // group) * math.prod(kernel), math.prod(out))
+
+
+def _depthwise(xp: np.ndarray, w: np.ndarray, strides, dilations, out) -> np.ndarray:
+    """Depthwise conv (one input channel per group, w of shape (C * mult, 1, *K)) as a sum of
+    shifted views times per-channel weights: (N, C, mult, *out)."""
+    n, c = xp.shape[:2]
+    nd = len(out)
+    mult = w.shape[0] // c
+    wc = w.reshape((c, mult) + w.shape[2:])
+    y = np.zeros((n, c, mult) + out, xp.dtype)
+    tmp = np.empty_like(y)
+    for tap in np.ndindex(*w.shape[2:]):
+        view = xp[_tap_index(tap, dilations, strides, out)]
+        np.multiply(view[:, :, None], wc[(slice(None),) * 2 + tap].reshape((c, mult) + (1,) * nd), out=tmp)
+        y += tmp
+    return y
+
+
+def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=None, pads=None,
+                   dilations=None, group: int = 1, output_padding=None) -> np.ndarray:
+    """N-d transposed convolution (ONNX ConvTranspose): x (N, C, *S), w (C, M/group, *K).
+
+    Output length per axis: stride*(S-1) + output_padding + (K-1)*dilation + 1 - pad_begin - pad_end.
+
+    >>> conv_transpose(np.array([[[1.0, 2.0]]]), np.array([[[1.0, 1.0, 1.0]]]), strides=(2,))
+    array([[[1., 1., 3., 2., 2.]]])
+    """
+    x, w = np.asarray(x), np.asarray(w)
+    nd = _spatial_dims(x, "conv_transpose")
+    kernel, strides, pads, dilations = _window(nd, w.shape[2:], strides, pads, dilations, "conv_transpose")
+    output_padding = (0,) * nd if output_padding is None else tuple(int(p) for p in output_padding)
+    n, c = x.shape[:2]
+    if group < 1 or w.shape[0] != c or c % group or len(output_padding) != nd:
+        raise ValueError(f"conv_transpose: input {x.shape}, weight {w.shape}, group={group}, "
+                         f"output_padding={output_padding} do not fit")
+    m = w.shape[1] * group
+    dt = x.dtype
+    work = _work_dtype(dt)
+    insp = x.shape[2:]
+    # columns[n, g, (m/g, *K), L] = sum over c/g of w[g, c/g, (m/g, *K)] * x[n, g, c/g, L]
+    wg = w.astype(work, copy=False).reshape(group, c // group, -1).transpose(0, 2, 1)
+    cols = np.matmul(wg, x.astype(work, copy=False).reshape(n, group, c // group, -1))
+    cols = cols.reshape((n, m) + kernel + insp)
+    full = tuple(s * (i - 1) + (k - 1) * d + 1 + p
+                 for s, i, k, d, p in zip(strides, insp, kernel, dilations, output_padding))
+    y = np.zeros((n, m) + full, work)
+    for tap in np.ndindex(*kernel):
+        dst = y[_tap_index(tap, dilations, strides, insp)]
+        dst += cols[(slice(None),) * 2 + tap]
+    if any(pads):
+        if any(p < 0 for p in pads) or any(f - pb - pe < 1 for f, pb, pe in zip(full, pads, pads[nd:])):
+            raise ValueError(f"conv_transpose: pads {pads} leave no output from length {full}")
+        y = np.ascontiguousarray(y[(slice(None),) * 2 + tuple(slice(pb, f - pe)
+                                                             for f, pb, pe in zip(full, pads, pads[nd:]))])
+    if b is not None:
+        y += np.asarray(b).astype(work, copy=False).reshape(_bias_shape(m, nd))
+    return y.astype(dt, copy=False)
+
+
+# --- pooling -----------------------------------------------------------------------------------
+
+def _pool(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool, reduce, fill, counts=None):
+    """Separable pooling: reduce along each spatial axis in turn. `counts(o, size, k, s, pb, pe)`,
+    if given, returns the per-axis divisor for averaging."""
+    nd = len(kernel)
+    y = x
+    for i in range(nd):
+        axis = 2 + i
+        size, k, s, d, pb, pe = y.shape[axis], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i]
+        o = _out_len(size, k, s, pb, pe, d, ceil_mode)
+        if o < 1:
+            raise ValueError(f"pool: window {kernel} does not fit the input {x.shape[2:]} with pads {pads}")
+        used = (o - 1) * s + (k - 1) * d + 1  # padded length the windows read
+        begins, ends = [0] * (y.ndim - 2), [0] * (y.ndim - 2)
+        begins[i], ends[i] = pb, used - size - pb
+        yp = _pad_constant(y, begins, ends, fill)
+        lead = (slice(None),) * axis
+        acc = yp[lead + (_tap(0, d, s, o),)].copy()
+        for t in range(1, k):
+            reduce(acc, yp[lead + (_tap(t, d, s, o),)], out=acc)
+        if counts is not None:
+            acc /= counts(o, size, k, s, pb, pe).reshape((o,) + (1,) * (nd - 1 - i))
+        y = acc
+    return y
+
+
+def max_pool(x: np.ndarray, *, kernel_shape, strides=None, pads=None, dilations=None,
+             ceil_mode: bool = False) -> np.ndarray:
+    """Max pooling (ONNX MaxPool, output Y only); integer dtypes allowed. Padding never wins; a
+    window that covers only padding (possible with pads >= kernel) gives -inf (integer minimum).
+
+    >>> max_pool(np.array([[[1.0, 3.0, 2.0, 5.0, 4.0]]]), kernel_shape=(2,), strides=(2,), ceil_mode=True)
+    array([[[3., 5., 4.]]])
+    """
+    x = np.asarray(x)
+    nd = _spatial_dims(x, "max_pool")
+    kernel, strides, pads, dilations = _window(nd, kernel_shape, strides, pads, dilations, "max_pool")
+    dt = x.dtype
+    fill = -np.inf if dt.kind == "f" else np.iinfo(dt).min
+    work = _work_dtype(dt)
+    y = _pool(x.astype(work, copy=False), kernel, strides, pads, dilations, ceil_mode, np.maximum, fill)
+    return y.astype(dt, copy=False)
+
+
+def avg_pool(x: np.ndarray, *, kernel_shape, strides=None, pads=None, ceil_mode: bool = False,
+             count_include_pad: bool = False) -> np.ndarray:
+    """Average pooling (ONNX AveragePool). The divisor counts the input positions a window
+    covers, plus its explicit padding if `count_include_pad`; never the extra positions past
+    the end padding that ceil_mode windows reach.
+
+    >>> avg_pool(np.array([[[1.0, 2.0, 3.0]]]), kernel_shape=(2,), pads=(1, 1))
+    array([[[1. , 1.5, 2.5, 3. ]]])
+    >>> avg_pool(np.array([[[1.0, 2.0, 3.0]]]), kernel_shape=(2,), pads=(1, 1), count_include_pad=True)
+    array([[[0.5, 1.5, 2.5, 1.5]]])
+    """
+    x = np.asarray(x)
+    nd = _spatial_dims(x, "avg_pool")
+    kernel, strides, pads, dilations = _window(nd, kernel_shape, strides, pads, None, "avg_pool")
+    dt = x.dtype
+    work = _work_dtype(dt) if dt.kind == "f" else np.dtype(np.float64)
+
+    def counts(o, size, k, s, pb, pe):
+        start = np.arange(o) * s - pb
+        if count_include_pad:
+            return np.minimum(start + k, size + pe) - start
+        return np.minimum(start + k, size) - np.maximum(start, 0)
+
+    y = _pool(x.astype(work, copy=False), kernel, strides, pads, dilations, ceil_mode, np.add, 0, counts)
+    return y.astype(dt, copy=False)
+
+
+def global_avg_pool(x: np.ndarray) -> np.ndarray:
+    """Mean over all spatial dims, kept as size 1 (ONNX GlobalAveragePool).
+
+    >>> global_avg_pool(np.arange(8.0).reshape(1, 2, 2, 2))
+    array([[[[1.5]],
+    <BLANKLINE>
+            [[5.5]]]])
+    """
+    x = np.asarray(x)
+    nd = _spatial_dims(x, "global_avg_pool")
+    work = _work_dtype(x.dtype)
+    y = x.reshape(x.shape[:2] + (-1,)).mean(axis=-1, dtype=work)
+    return y.reshape(x.shape[:2] + (1,) * nd).astype(x.dtype, copy=False)
+
+
+def global_max_pool(x: np.ndarray) -> np.ndarray:
+    """Max over all spatial dims, kept as size 1 (ONNX GlobalMaxPool).
+
+    >>> global_max_pool(np.arange(8.0).reshape(1, 2, 4))
+    array([[[3.],
+            [7.]]])
+    """
+    x = np.asarray(x)
+    nd = _spatial_dims(x, "global_max_pool")
+    return x.reshape(x.shape[:2] + (-1,)).max(axis=-1).reshape(x.shape[:2] + (1,) * nd)

@@ -1,0 +1,253 @@
+"""Neural-network kernels with ONNX semantics: softmax, normalizations, padding and layout.
+
+The sliding-window kernels (conv, conv_transpose, pooling) live in `conv.py` and are
+re-exported here, so `nn` names every NN kernel.
+
+- Softmax shifts by the row maximum, so it never overflows; log_softmax never takes log(0)
+  of an underflowed exp.
+- Normalizations fold their statistics and affine parameters into one scale and one offset per
+  row or channel, so the big array is read and written twice, not five times.
+- float16 is computed in float32 and rounded once; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .conv import (
+    _bias_shape,
+    _pad_constant,
+    _work_dtype,
+    avg_pool,
+    conv,
+    conv_transpose,
+    global_avg_pool,
+    global_max_pool,
+    max_pool,
+)
+
+__all__ = ["conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "softmax",
+           "log_softmax", "layer_norm", "batch_norm", "instance_norm", "lrn", "pad", "depth_to_space",
+           "space_to_depth", "one_hot"]
+
+
+# --- softmax and normalization -----------------------------------------------------------------
+
+def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
+    """exp(x) / sum(exp(x)) along `axis` (ONNX Softmax, opset 13+), shifted by the max so it
+    never overflows.
+
+    >>> softmax(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 1000.0]]))
+    array([[0.09003057, 0.24472847, 0.66524096],
+           [0.        , 0.        , 1.        ]])
+    """
+    x = np.asarray(x)
+    v = x.astype(_work_dtype(x.dtype), copy=False)
+    y = v - v.max(axis=axis, keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return y.astype(x.dtype, copy=False)
+
+
+def log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
+    """x - log(sum(exp(x))) along `axis` (ONNX LogSoftmax, opset 13+), computed stably.
+
+    >>> log_softmax(np.array([0.0, 0.0, 1000.0]))
+    array([-1000., -1000.,     0.])
+    """
+    x = np.asarray(x)
+    v = x.astype(_work_dtype(x.dtype), copy=False)
+    y = v - v.max(axis=axis, keepdims=True)
+    y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
+    return y.astype(x.dtype, copy=False)
+
+
+def _row_stats(rows: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 1/sqrt(var + epsilon) of each row of a 2-D array (biased variance, two-pass)."""
+    mean = rows.mean(axis=1)
+    d = rows - mean[:, None]
+    var = np.einsum("ij,ij->i", d, d) / rows.shape[1]  # no n x m temporary for d*d
+    return mean, 1.0 / np.sqrt(var + epsilon)
+
+
+def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None, *, axis: int = -1,
+               epsilon: float = 1e-5) -> np.ndarray:
+    """ONNX LayerNormalization (output Y only): normalize over the axes axis..last, then
+    `* scale + bias` (both broadcast to those axes). Statistics are float32 for float16 input.
+
+    >>> layer_norm(np.array([[1.0, 2.0, 3.0]]), np.ones(3), np.zeros(3), epsilon=0.0)
+    array([[-1.22474487,  0.        ,  1.22474487]])
+    """
+    x = np.asarray(x)
+    work = _work_dtype(x.dtype)
+    axis = axis % x.ndim if x.ndim else 0
+    rows = x.astype(work, copy=False).reshape(math.prod(x.shape[:axis]), -1)
+    mean, inv = _row_stats(rows, epsilon)
+    y = rows - mean[:, None]
+    y *= inv[:, None]
+    y = y.reshape(x.shape)
+    y *= np.asarray(scale).astype(work, copy=False)
+    if bias is not None:
+        y += np.asarray(bias).astype(work, copy=False)
+    return y.astype(x.dtype, copy=False)
+
+
+def _channel_affine(x: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """x * a + c with a, c per channel (axis 1), in x's dtype."""
+    shape = _bias_shape(x.shape[1], x.ndim - 2)
+    y = x * a.astype(x.dtype).reshape(shape)
+    y += c.astype(x.dtype).reshape(shape)
+    return y
+
+
+def batch_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, *,
+               epsilon: float = 1e-5) -> np.ndarray:
+    """ONNX BatchNormalization in inference mode (output Y only), channel axis 1:
+    (x - mean) / sqrt(var + epsilon) * scale + bias, as one multiply-add per element.
+
+    >>> ones, zeros = np.ones(2), np.zeros(2)
+    >>> batch_norm(np.ones((1, 2, 2)), np.array([1.0, 2.0]), zeros, zeros, ones, epsilon=0.0)
+    array([[[1., 1.],
+            [2., 2.]]])
+    """
+    x = np.asarray(x)
+    v = x.astype(_work_dtype(x.dtype), copy=False)
+    p = [np.asarray(t, np.float64) for t in (scale, bias, mean, var)]
+    a = p[0] / np.sqrt(p[3] + epsilon)
+    return _channel_affine(v, a, p[1] - p[2] * a).astype(x.dtype, copy=False)
+
+
+def instance_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, *, epsilon: float = 1e-5) -> np.ndarray:
+    """ONNX InstanceNormalization: normalize each (sample, channel) over its spatial dims, then
+    `* scale + bias` per channel.
+
+    >>> instance_norm(np.array([[[1.0, 3.0]]]), np.array([2.0]), np.array([1.0]), epsilon=0.0)
+    array([[[-1.,  3.]]])
+    """
+    x = np.asarray(x)
+    work = _work_dtype(x.dtype)
+    n, c = x.shape[:2]
+    rows = x.astype(work, copy=False).reshape(n * c, -1)
+    mean, inv = _row_stats(rows, epsilon)
+    a = inv * np.tile(np.asarray(scale).astype(work, copy=False), n)
+    off = np.tile(np.asarray(bias).astype(work, copy=False), n) - mean * a
+    y = rows * a[:, None]
+    y += off[:, None]
+    return y.reshape(x.shape).astype(x.dtype, copy=False)
+
+
+def lrn(x: np.ndarray, *, size: int, alpha: float = 1e-4, beta: float = 0.75,
+        bias: float = 1.0) -> np.ndarray:
+    """Local response normalization across channels (ONNX LRN):
+    x / (bias + alpha/size * sum of x^2 over channels c - (size-1)//2 .. c + ceil((size-1)/2))^beta.
+
+    >>> lrn(np.ones((1, 3, 1, 1)), size=3, alpha=3.0, beta=1.0, bias=0.0)[0, :, 0, 0]
+    array([0.5       , 0.33333333, 0.5       ])
+    """
+    x = np.asarray(x)
+    v = x.astype(_work_dtype(x.dtype), copy=False)
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = _pad_constant(v * v, (lo,) + (0,) * (x.ndim - 2), (hi,) + (0,) * (x.ndim - 2), 0)
+    c = x.shape[1]
+    total = sq[:, 0:c].copy()
+    for j in range(1, size):
+        total += sq[:, j:j + c]
+    total *= alpha / size
+    total += bias
+    y = np.power(total, -beta, out=total)
+    y *= v
+    return y.astype(x.dtype, copy=False)
+
+
+# --- layout ------------------------------------------------------------------------------------
+
+_PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def pad(x: np.ndarray, *, pads, mode: str = "constant", value: float = 0.0) -> np.ndarray:
+    """ONNX Pad over all axes: pads = (begin_0, ..., begin_n, end_0, ..., end_n); negative pads
+    crop (before any reflect/edge/wrap padding). Modes: constant, reflect, edge, wrap.
+
+    >>> pad(np.array([[1, 2, 3]]), pads=(0, 1, 0, -1), mode="reflect")
+    array([[2, 1, 2]])
+    """
+    x = np.asarray(x)
+    pads = tuple(int(p) for p in pads)
+    if len(pads) != 2 * x.ndim:
+        raise ValueError(f"pad: pads needs {2 * x.ndim} entries for shape {x.shape}, got {pads}")
+    begins, ends = pads[:x.ndim], pads[x.ndim:]
+    if mode == "constant":
+        y = _pad_constant(x, begins, ends, np.asarray(value).astype(x.dtype))
+        return y.copy() if y is x else y
+    if mode not in _PAD_MODES:
+        raise ValueError(f"pad: mode must be constant, reflect, edge or wrap, got {mode!r}")
+    y = _pad_constant(x, [min(b, 0) for b in begins], [min(e, 0) for e in ends], 0)
+    widths = [(max(b, 0), max(e, 0)) for b, e in zip(begins, ends)]
+    if any(n == 0 and w != (0, 0) for n, w in zip(y.shape, widths)):
+        raise ValueError(f"pad: cannot {mode}-pad an empty axis (shape {y.shape})")
+    return np.pad(y, widths, mode=_PAD_MODES[mode])
+
+
+def depth_to_space(x: np.ndarray, *, blocksize: int, mode: str = "DCR") -> np.ndarray:
+    """Move channel blocks into b x b spatial blocks (ONNX DepthToSpace, 4-D).
+    DCR: channel = (row_in_block * b + col_in_block) * C' + c'; CRD: c' * b*b + row * b + col.
+
+    >>> depth_to_space(np.arange(4).reshape(1, 4, 1, 1), blocksize=2)[0, 0]
+    array([[0, 1],
+           [2, 3]])
+    """
+    x = np.asarray(x)
+    n, c, h, w = x.shape
+    b = blocksize
+    if c % (b * b):
+        raise ValueError(f"depth_to_space: channels {c} not divisible by blocksize^2 = {b * b}")
+    if mode == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    elif mode == "CRD":
+        y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    else:
+        raise ValueError(f"depth_to_space: mode must be 'DCR' or 'CRD', got {mode!r}")
+    return y.reshape(n, c // (b * b), h * b, w * b)
+
+
+def space_to_depth(x: np.ndarray, *, blocksize: int) -> np.ndarray:
+    """Move b x b spatial blocks into channels (ONNX SpaceToDepth, 4-D; inverse of DCR
+    depth_to_space).
+
+    >>> space_to_depth(np.arange(4).reshape(1, 1, 2, 2), blocksize=2)[0, :, 0, 0]
+    array([0, 1, 2, 3])
+    """
+    x = np.asarray(x)
+    n, c, h, w = x.shape
+    b = blocksize
+    if h % b or w % b:
+        raise ValueError(f"space_to_depth: spatial shape {(h, w)} not divisible by blocksize {b}")
+    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return y.reshape(n, c * b * b, h // b, w // b)
+
+
+def one_hot(indices: np.ndarray, *, depth: int, axis: int = -1, dtype=np.float32,
+            values=(0, 1)) -> np.ndarray:
+    """ONNX OneHot: a new axis of length `depth` at `axis`, `values[1]` where it equals the
+    index, `values[0]` elsewhere. Negative indices count from depth; indices out of
+    [-depth, depth) give an all-off row. Non-integer indices are truncated.
+
+    >>> one_hot(np.array([0, -1, 5]), depth=3, dtype=np.int64)
+    array([[1, 0, 0],
+           [0, 0, 1],
+           [0, 0, 0]])
+    """
+    idx = np.asarray(indices)
+    idx = np.trunc(idx).astype(np.int64) if idx.dtype.kind == "f" else idx.astype(np.int64)
+    depth = int(depth)
+    if not -idx.ndim - 1 <= axis <= idx.ndim:
+        raise ValueError(f"one_hot: axis {axis} out of range for indices of rank {idx.ndim}")
+    axis = axis % (idx.ndim + 1)
+    idx = np.where(idx < 0, idx + depth, idx)
+    hot = np.expand_dims(idx, axis) == np.arange(depth).reshape((depth,) + (1,) * (idx.ndim - axis))
+    off, on = values
+    if off == 0 and on == 1:
+        return hot.astype(dtype)
+    return np.where(hot, np.asarray(on).astype(dtype), np.asarray(off).astype(dtype))
