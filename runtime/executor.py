@@ -117,6 +117,8 @@ class Program:
             ids.update(s.outputs)
         ids.update(self.outputs)
         self.num_slots = (max(ids) + 1) if ids else 0
+        # regions write their own values into the shared slots, so make room for them too
+        self.num_slots = max([self.num_slots] + [r.num_slots for s in self.steps for r in s.regions])
         self._plan_frees()
 
     def _plan_frees(self) -> None:
@@ -130,9 +132,11 @@ class Program:
                 for v in r.captured():
                     last[v] = i
         keep = set(self.outputs)
+        # values captured from an enclosing program are its to free (a loop body runs again)
+        own = set(self.inputs).union(*(s.outputs for s in self.steps))
         frees: dict[int, list[int]] = {}
         for v, i in last.items():
-            if v not in keep:
+            if v not in keep and v in own:
                 frees.setdefault(i, []).append(v)
         for i, s in enumerate(self.steps):
             s.free = tuple(frees.get(i, ()))
