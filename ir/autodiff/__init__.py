@@ -1,0 +1,16 @@
+"""Reverse-mode automatic differentiation on the IR: `ir.vjp` and `ir.grad` build new graphs.
+
+Importing this package attaches one VJP rule to every differentiable op's registry entry
+(`ir.get_op(kind).vjp`), one module per op family (`rules_*.py`); `vjp.py` holds the graph
+transformation. Ops with regions (if/loop) have no rule yet.
+
+>>> import tracer, ir
+>>> float(ir.interpret(ir.grad(tracer.trace(lambda x: x ** 2, 2.0)), 2.0))
+4.0
+"""
+
+from . import rules_elementwise, rules_fused, rules_linalg, rules_nn, rules_reduce, rules_shape  # noqa: F401
+from .rules_common import AutodiffError, Builder
+from .vjp import backpropagate, grad, vjp
+
+__all__ = ["vjp", "grad", "backpropagate", "AutodiffError", "Builder"]

@@ -1,0 +1,298 @@
+"""VJP rules of the neural-network ops: convolution, pooling, softmax, normalizations, LRN.
+
+All backward passes are built from registry ops, so they differentiate again and export to
+ONNX without new lowerings:
+- conv: the input gradient is a `conv_transpose` with the forward window, the weight gradient
+  a `conv` of the input (batch as channels) with the output cotangent as the kernel (stride and
+  dilation swap roles); `conv_transpose` uses the same two helpers the other way round.
+- pools: one strided `slice` per kernel offset reads the windows; the cotangent is added back
+  with `slice_update`. max_pool splits it equally among ties (like the max reductions);
+  avg_pool divides by the count of cells each window averaged over.
+- normalizations: the usual closed forms, recomputing the statistics from the forward input.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from runtime import dims as D
+
+from ..graph import Op, Value
+from ..types import TensorType
+from .rules_common import AutodiffError, Builder, register_rules
+from .rules_reduce import extremum_grad
+
+
+def _bias_grad(b: Builder, ct: Value) -> Value:
+    return b.reduce_sum(ct, [0] + list(range(2, len(ct.shape))))
+
+
+def conv_weight_grad(b: Builder, inp: Value, out_ct: Value, kernel: tuple, attrs: dict) -> Value:
+    """∂<conv(inp, w), out_ct>/∂w, of shape (C_out, C_in/group, *kernel)."""
+    nd = len(kernel)
+    g = attrs["group"]
+    n, c = inp.shape[:2]
+    spatial = tuple(range(2, 2 + nd))
+    if not all(isinstance(d, int) for d in out_ct.shape[2:]):
+        raise AutodiffError(f"conv weight gradient needs static spatial output dims, got {out_ct.type}")
+    if g == 1:
+        batch_as_channels = b.transpose(inp, (1, 0) + spatial)
+    else:
+        cg = D.floordiv(c, g)
+        grouped = b.reshape(inp, (n, g, cg) + inp.shape[2:])
+        moved = b.transpose(grouped, (2, 1, 0) + tuple(range(3, 3 + nd)))
+        batch_as_channels = b.reshape(moved, (cg, D.mul(g, n)) + inp.shape[2:])
+    kernel_from_ct = b.transpose(out_ct, (1, 0) + spatial)
+    dil = attrs.get("dilations", (1,) * nd)
+    raw = b.op("conv", batch_as_channels, kernel_from_ct, strides=tuple(dil), pads=tuple(attrs["pads"]),
+               dilations=tuple(attrs["strides"]), group=g)
+    dw = b.transpose(raw, (1, 0) + spatial)
+    if tuple(dw.shape[2:]) != tuple(kernel):
+        dw = b.op("slice", dw, starts=(0,) * (nd + 2), stops=dw.shape[:2] + tuple(kernel), steps=(1,) * (nd + 2))
+    return dw
+
+
+def _conv(b: Builder, op: Op, cts: list) -> list:
+    x, w = op.inputs[:2]
+    ct = cts[0]
+    nd = len(x.shape) - 2
+    s, p = op.attrs["strides"], op.attrs["pads"]
+    d = op.attrs.get("dilations", (1,) * nd)
+    kernel = w.shape[2:]
+    out_pad = []
+    for i in range(nd):
+        full = D.add(D.mul(D.sub(ct.shape[2 + i], 1), s[i]), (kernel[i] - 1) * d[i] + 1 - p[i] - p[nd + i])
+        extra = D.sub(x.shape[2 + i], full)
+        if not isinstance(extra, int):
+            raise AutodiffError(f"conv input gradient: spatial dim {x.shape[2 + i]} with stride {s[i]} leaves a "
+                                f"symbolic remainder ({extra}); use static spatial dims or stride 1")
+        out_pad.append(extra)
+    dx = b.op("conv_transpose", ct, w, strides=tuple(s), pads=tuple(p), dilations=tuple(d),
+              group=op.attrs["group"], output_padding=tuple(out_pad))
+    dw = conv_weight_grad(b, x, ct, kernel, op.attrs)
+    grads = [dx, dw]
+    if len(op.inputs) == 3:
+        grads.append(_bias_grad(b, ct))
+    return grads
+
+
+def _conv_transpose(b: Builder, op: Op, cts: list) -> list:
+    x, w = op.inputs[:2]
+    ct = cts[0]
+    attrs = {k: op.attrs[k] for k in ("strides", "pads", "dilations", "group")}
+    dx = b.op("conv", ct, w, **attrs)
+    dw = conv_weight_grad(b, ct, x, w.shape[2:], attrs)
+    grads = [dx, dw]
+    if len(op.inputs) == 3:
+        grads.append(_bias_grad(b, ct))
+    return grads
+
+
+class _Windows:
+    """The kernel offsets of a pooling op as strided slices of the padded input."""
+
+    def __init__(self, b: Builder, op: Op):
+        x, y = op.inputs[0], op.outputs[0]
+        self.b, self.x, self.nd = b, x, len(x.shape) - 2
+        nd = self.nd
+        self.kernel, self.strides, pads = op.attrs["kernel_shape"], op.attrs["strides"], op.attrs["pads"]
+        self.dil = op.attrs.get("dilations", (1,) * nd)
+        self.begin, end = pads[:nd], list(pads[nd:])
+        self.out = y.shape[2:]
+        self.extra = []  # ceil_mode windows may hang past the padded input
+        for i in range(nd):
+            need = D.add(D.mul(D.sub(self.out[i], 1), self.strides[i]), (self.kernel[i] - 1) * self.dil[i] + 1)
+            have = D.add(x.shape[2 + i], self.begin[i] + end[i])
+            more = D.sub(need, have) if op.attrs.get("ceil_mode") else 0
+            if not isinstance(more, int):
+                raise AutodiffError(f"{op.kind} with ceil_mode: no gradient for symbolic spatial dims ({x.type})")
+            self.extra.append(max(more, 0))
+        self.end = tuple(e + m for e, m in zip(end, self.extra))
+        self.padded = TensorType(x.dtype, x.shape[:2] + tuple(
+            D.add(x.shape[2 + i], self.begin[i] + self.end[i]) for i in range(nd)))
+
+    def pad(self, v: Value, value: float, pads_end: tuple | None = None) -> Value:
+        end = self.end if pads_end is None else pads_end
+        if not any(self.begin) and not any(end):
+            return v
+        return self.b.op("pad", v, pads=(0, 0) + tuple(self.begin) + (0, 0) + tuple(end), mode="constant",
+                         value=float(value))
+
+    def offsets(self):
+        """(slice attrs) for each kernel offset."""
+        n, c = self.x.shape[:2]
+        for off in itertools.product(*(range(k) for k in self.kernel)):
+            starts = (0, 0) + tuple(o * dl for o, dl in zip(off, self.dil))
+            stops = (n, c) + tuple(D.add(st, D.add(D.mul(D.sub(o, 1), s), 1))
+                                   for st, o, s in zip(starts[2:], self.out, self.strides))
+            yield {"starts": starts, "stops": stops, "steps": (1, 1) + tuple(self.strides)}
+
+    def scatter(self, contribs: list[Value]) -> Value:
+        """Add each offset's contribution into a padded zero gradient, then crop the padding."""
+        b = self.b
+        acc = b.zeros(self.padded)
+        for attrs, v in zip(self.offsets(), contribs):
+            acc = b.op("slice_update", acc, b.add(b.op("slice", acc, **attrs), v), **attrs)
+        if self.padded.shape == self.x.shape:
+            return acc
+        starts = (0, 0) + tuple(self.begin)
+        stops = self.x.shape[:2] + tuple(D.add(self.x.shape[2 + i], self.begin[i]) for i in range(self.nd))
+        return b.op("slice", acc, starts=starts, stops=stops, steps=(1,) * (self.nd + 2))
+
+
+def _max_pool(b: Builder, op: Op, cts: list) -> list:
+    win = _Windows(b, op)
+    y = op.outputs[0]
+    xp = win.pad(op.inputs[0], -np.inf)
+    hits = [b.cast(b.op("equal", b.op("slice", xp, **attrs), y), y.dtype) for attrs in win.offsets()]
+    count = hits[0]
+    for h in hits[1:]:
+        count = b.add(count, h)
+    share = b.div(cts[0], count)
+    return [win.scatter([b.mul(h, share) for h in hits])]
+
+
+def _avg_pool(b: Builder, op: Op, cts: list) -> list:
+    win = _Windows(b, op)
+    x = op.inputs[0]
+    k = int(np.prod(win.kernel))
+    if op.attrs["count_include_pad"] and not any(win.extra):
+        divisor = b.const(k, x.dtype)
+    else:
+        # the cells each window averaged over: real ones, plus padding when count_include_pad
+        ones = b.full(x.type, 1)
+        if op.attrs["count_include_pad"]:
+            ones = win.pad(ones, 1.0, tuple(e - m for e, m in zip(win.end, win.extra)))
+            ones = b.op("pad", ones, pads=(0,) * (win.nd + 2) + (0, 0) + tuple(win.extra), mode="constant",
+                        value=0.0)
+        else:
+            ones = win.pad(ones, 0.0)
+        parts = [b.op("slice", ones, **attrs) for attrs in win.offsets()]
+        divisor = parts[0]
+        for v in parts[1:]:
+            divisor = b.add(divisor, v)
+    share = b.div(cts[0], divisor)
+    return [win.scatter([share] * k)]
+
+
+def _global_avg_pool(b: Builder, op: Op, cts: list) -> list:
+    x = op.inputs[0]
+    spatial = list(range(2, len(x.shape)))
+    return [b.broadcast_to(b.div(cts[0], b.count(x, spatial, x.dtype)), x.shape)]
+
+
+def _global_max_pool(b: Builder, op: Op, cts: list) -> list:
+    x = op.inputs[0]
+    return [extremum_grad(b, x, op.outputs[0], cts[0], tuple(range(2, len(x.shape))), True)]
+
+
+def _softmax(b: Builder, op: Op, cts: list) -> list:
+    y, ct = op.outputs[0], cts[0]
+    axis = op.attrs["axis"]
+    dot = b.op("reduce_sum", b.mul(ct, y), axes=(axis,), keepdims=True)
+    return [b.mul(y, b.sub(ct, dot))]
+
+
+def _log_softmax(b: Builder, op: Op, cts: list) -> list:
+    y, ct = op.outputs[0], cts[0]
+    total = b.op("reduce_sum", ct, axes=(op.attrs["axis"],), keepdims=True)
+    return [b.sub(ct, b.mul(b.op("exp", y), total))]
+
+
+def _normalized(b: Builder, x: Value, axes: tuple, eps: float) -> tuple[Value, Value]:
+    """(x̂, 1/σ) over `axes` (keepdims), as the normalization kernels compute them."""
+    mean = b.op("reduce_mean", x, axes=axes, keepdims=True)
+    xc = b.sub(x, mean)
+    var = b.op("reduce_mean", b.mul(xc, xc), axes=axes, keepdims=True)
+    rstd = b.op("reciprocal", b.op("sqrt", b.add(var, eps)))
+    return b.mul(xc, rstd), rstd
+
+
+def _normalize_backward(b: Builder, dxhat: Value, xhat: Value, rstd: Value, axes: tuple) -> Value:
+    """dx from dx̂ for x̂ = (x - mean) / σ over `axes`."""
+    m1 = b.op("reduce_mean", dxhat, axes=axes, keepdims=True)
+    m2 = b.op("reduce_mean", b.mul(dxhat, xhat), axes=axes, keepdims=True)
+    return b.mul(rstd, b.sub(b.sub(dxhat, m1), b.mul(xhat, m2)))
+
+
+def _layer_norm(b: Builder, op: Op, cts: list) -> list:
+    x, scale = op.inputs[:2]
+    ct = cts[0]
+    axis = op.attrs["axis"]
+    axes = tuple(range(axis, len(x.shape)))
+    xhat, rstd = _normalized(b, x, axes, op.attrs["epsilon"])
+    lead = list(range(axis))
+    grads = [_normalize_backward(b, b.mul(ct, scale), xhat, rstd, axes),
+             b.reduce_sum(b.mul(ct, xhat), lead)]
+    if len(op.inputs) == 3:
+        grads.append(b.reduce_sum(ct, lead))
+    return grads
+
+
+def _per_channel(b: Builder, v: Value, rank: int) -> Value:
+    return b.reshape(v, (v.shape[0],) + (1,) * (rank - 2))
+
+
+def _batch_norm(b: Builder, op: Op, cts: list) -> list:
+    x, scale, _, mean, var = op.inputs
+    ct = cts[0]
+    rank = len(x.shape)
+    rest = [0] + list(range(2, rank))
+    rstd = b.op("reciprocal", b.op("sqrt", b.add(var, op.attrs["epsilon"])))
+    xc = b.sub(x, _per_channel(b, mean, rank))
+    ct_sum = b.reduce_sum(ct, rest)
+    ct_xc = b.reduce_sum(b.mul(ct, xc), rest)
+    dx = b.mul(ct, _per_channel(b, b.mul(scale, rstd), rank))
+    dscale = b.mul(ct_xc, rstd)
+    dmean = b.neg(b.mul(ct_sum, b.mul(scale, rstd)))
+    rstd3 = b.mul(rstd, b.mul(rstd, rstd))
+    dvar = b.mul(b.mul(ct_xc, b.mul(scale, rstd3)), -0.5)
+    return [dx, dscale, ct_sum, dmean, dvar]
+
+
+def _instance_norm(b: Builder, op: Op, cts: list) -> list:
+    x, scale, _ = op.inputs
+    ct = cts[0]
+    rank = len(x.shape)
+    axes = tuple(range(2, rank))
+    xhat, rstd = _normalized(b, x, axes, op.attrs["epsilon"])
+    dx = _normalize_backward(b, b.mul(ct, _per_channel(b, scale, rank)), xhat, rstd, axes)
+    rest = [0] + list(axes)
+    return [dx, b.reduce_sum(b.mul(ct, xhat), rest), b.reduce_sum(ct, rest)]
+
+
+def _channel_window_sum(b: Builder, v: Value, before: int, after: int) -> Value:
+    """out[:, c] = sum of v[:, c - before .. c + after] (zeros outside), along axis 1."""
+    rank = len(v.shape)
+    padded = b.op("pad", v, pads=(0, before) + (0,) * (rank - 2) + (0, after) + (0,) * (rank - 2),
+                  mode="constant", value=0.0)
+    out = None
+    for o in range(before + after + 1):
+        starts = (0, o) + (0,) * (rank - 2)
+        stops = (v.shape[0], D.add(v.shape[1], o)) + v.shape[2:]
+        part = b.op("slice", padded, starts=starts, stops=stops, steps=(1,) * rank)
+        out = part if out is None else b.add(out, part)
+    return out
+
+
+def _lrn(b: Builder, op: Op, cts: list) -> list:
+    # y = x * D^-beta with D = bias + alpha/size * (window sum of x² over channels)
+    x, ct = op.inputs[0], cts[0]
+    size, alpha, beta, bias = (op.attrs[k] for k in ("size", "alpha", "beta", "bias"))
+    lo, hi = (size - 1) // 2, size // 2  # floor((size-1)/2) before, ceil((size-1)/2) after
+    den = b.add(b.mul(_channel_window_sum(b, b.mul(x, x), lo, hi), alpha / size), bias)
+    scale = b.op("pow", den, b.const(-beta, x.dtype))
+    t = b.div(b.mul(b.mul(ct, x), scale), den)
+    back = _channel_window_sum(b, t, hi, lo)
+    return [b.sub(b.mul(ct, scale), b.mul(b.mul(x, back), 2.0 * alpha * beta / size))]
+
+
+RULES = {
+    "conv": _conv, "conv_transpose": _conv_transpose, "max_pool": _max_pool, "avg_pool": _avg_pool,
+    "global_avg_pool": _global_avg_pool, "global_max_pool": _global_max_pool, "softmax": _softmax,
+    "log_softmax": _log_softmax, "layer_norm": _layer_norm, "batch_norm": _batch_norm,
+    "instance_norm": _instance_norm, "lrn": _lrn,
+}
+register_rules(RULES)
