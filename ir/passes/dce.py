@@ -1,8 +1,14 @@
-"""Dead code elimination: drop ops none of whose outputs is used (all ops are pure)."""
+"""Dead code elimination: drop ops none of whose outputs is used (all ops are pure), in nested
+regions too, and narrow multi-output ops whose other outputs are unused (a `split` with one
+used piece becomes a `slice`). Ops that own regions are kept whole when any output is used:
+their region outputs are their semantics, which only a pass that understands them may change.
+"""
 
 from __future__ import annotations
 
-from ..graph import Region
+from ..graph import Graph, Op, Region
+from .base import PassResult
+from .rewrite import Rewriter, rewrite_graph
 
 
 def _used_in(region: Region, used: set[int]) -> None:
@@ -32,3 +38,45 @@ def eliminate_dead_code(region: Region) -> bool:
         for r in op.regions:
             changed |= eliminate_dead_code(r)
     return changed
+
+
+def _narrow_split(op: Op, rw: Rewriter):
+    """`split` with exactly one used output -> `slice` of that piece."""
+    if op.kind != "split" or len(op.outputs) < 2:
+        return None
+    used = [i for i, v in enumerate(op.outputs) if rw.n_uses(v)]
+    if len(used) != 1:
+        return None
+    (k,) = used
+    from runtime import dims as D
+
+    axis, sizes = op.attrs["axis"], op.attrs["sizes"]
+    start = 0
+    for s in sizes[:k]:
+        start = D.add(start, s)
+    x = op.inputs[0]
+    starts = tuple(start if i == axis else 0 for i in range(x.type.rank))
+    stops = tuple(D.add(start, sizes[k]) if i == axis else d for i, d in enumerate(x.type.shape))
+    piece = rw.add("slice", [x], {"starts": starts, "stops": stops, "steps": (1,) * x.type.rank})
+    return [piece if i == k else None for i in range(len(op.outputs))]
+
+
+class DCE:
+    """Dead code elimination as a pass.
+
+    >>> import tracer, numpy as np
+    >>> g = tracer.trace(lambda x: np.split(x, 2)[0], np.zeros(4))
+    >>> print(DCE().run(g).graph, end="")
+    graph(%x: f64[4]) {
+      %0: f64[2] = slice[starts=(0,), steps=(1,), stops=(2,)](%x)
+      return %0
+    }
+    """
+
+    name = "dce"
+
+    def run(self, graph: Graph) -> PassResult:
+        """Narrow multi-output ops, then drop unused ops."""
+        changed = rewrite_graph(graph, _narrow_split)
+        changed |= eliminate_dead_code(graph)
+        return PassResult(graph, changed)

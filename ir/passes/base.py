@@ -1,0 +1,182 @@
+"""Pass infrastructure: `PassResult`, the `Pass` protocol, `PassManager` and graph cloning.
+
+A pass is an object with a `name` and `run(graph) -> PassResult(graph, modified)`; it may rewrite
+the graph in place (as onnx-ir's passes do). `PassManager` copies the graph once, then runs its
+passes in order, again and again, until none of them modifies the graph (a fixpoint), which is
+what makes `ir.optimize` idempotent. In debug mode it runs `ir.verify` after every pass, so a
+broken rewrite is reported with the name of the pass that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..errors import VerifyError
+from ..graph import Graph, Op, Region, Value
+from ..verify import verify
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the (possibly same, rewritten in place) graph and whether it changed."""
+
+    graph: Graph
+    modified: bool
+
+
+class Pass(Protocol):
+    """A graph-to-graph pass: `run(graph) -> PassResult`."""
+
+    name: str
+
+    def run(self, graph: Graph) -> PassResult:  # pragma: no cover - protocol
+        ...
+
+
+@dataclass
+class PassStats:
+    """Totals for one pass over a `PassManager.run`: ops before its first and after its last run."""
+
+    name: str
+    ops_before: int = 0
+    ops_after: int = 0
+    runs: int = 0
+    modified: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class OptimizeReport:
+    """Per-pass statistics of one optimization, printable as a table.
+
+    >>> r = OptimizeReport([PassStats("dce", 5, 3, 2, 1, 0.001)], 2, 5, 3)
+    >>> print(str(r).splitlines()[0])
+    pass               runs  changed  ops before  ops after   time ms
+    """
+
+    passes: list[PassStats] = field(default_factory=list)
+    iterations: int = 0
+    ops_before: int = 0
+    ops_after: int = 0
+
+    def __str__(self) -> str:
+        lines = [f"{'pass':<18} {'runs':>4} {'changed':>8} {'ops before':>11} {'ops after':>10} {'time ms':>9}"]
+        for s in self.passes:
+            lines.append(f"{s.name:<18} {s.runs:>4} {s.modified:>8} {s.ops_before:>11} {s.ops_after:>10} "
+                         f"{s.seconds * 1e3:>9.2f}")
+        lines.append(f"{'total':<18} {self.iterations:>4} {'':>8} {self.ops_before:>11} {self.ops_after:>10} "
+                     f"{sum(s.seconds for s in self.passes) * 1e3:>9.2f}")
+        return "\n".join(lines)
+
+
+def count_ops(region: Region) -> int:
+    """Number of ops in a region, nested regions included.
+
+    >>> import tracer
+    >>> count_ops(tracer.trace(lambda x: x * x + 1.0, 2.0))
+    3
+    """
+    return sum(1 for _ in region.walk())
+
+
+def debug_enabled() -> bool:
+    """True when `CASTML_DEBUG` is set to a non-empty value other than `0`."""
+    return os.environ.get("CASTML_DEBUG", "") not in ("", "0")
+
+
+class PassManager:
+    """Run passes to a fixpoint on a copy of a graph.
+
+    >>> import tracer
+    >>> from ir.passes import DCE, CSE
+    >>> g = tracer.trace(lambda x: (x * x) + (x * x), 2.0)
+    >>> res = PassManager([CSE(), DCE()]).run(g)
+    >>> res.modified, count_ops(res.graph), count_ops(g)
+    (True, 2, 3)
+    """
+
+    def __init__(self, passes: Sequence[Pass], max_iterations: int = 20, debug: bool | None = None):
+        self.passes = list(passes)
+        self.max_iterations = max_iterations
+        self.debug = debug_enabled() if debug is None else debug
+        self.report = OptimizeReport()
+
+    def run(self, graph: Graph, copy: bool = True) -> PassResult:
+        """Optimize `graph` (untouched unless `copy=False`); `self.report` holds the statistics."""
+        from . import rewrite
+
+        g = clone_graph(graph) if copy else graph
+        saved, rewrite.DEBUG["on"] = rewrite.DEBUG["on"], self.debug
+        try:
+            return self._run(g)
+        finally:
+            rewrite.DEBUG["on"] = saved
+
+    def _run(self, g: Graph) -> PassResult:
+        stats = {p.name: PassStats(p.name) for p in self.passes}
+        report = OptimizeReport(list(stats.values()), 0, count_ops(g))
+        any_change = False
+        for _ in range(self.max_iterations):
+            report.iterations += 1
+            changed = False
+            for p in self.passes:
+                s = stats[p.name]
+                before = count_ops(g)
+                if s.runs == 0:
+                    s.ops_before = before
+                t0 = time.perf_counter()
+                res = p.run(g)
+                s.seconds += time.perf_counter() - t0
+                g = res.graph
+                s.runs += 1
+                s.ops_after = count_ops(g)
+                if res.modified:
+                    s.modified += 1
+                    changed = True
+                    if self.debug:
+                        try:
+                            verify(g)
+                        except VerifyError as e:
+                            raise VerifyError(f"after pass {p.name!r}: {e}\n{g}") from None
+            any_change |= changed
+            if not changed:
+                break
+        report.ops_after = count_ops(g)
+        self.report = report
+        return PassResult(g, any_change)
+
+
+def clone_graph(g: Graph) -> Graph:
+    """A deep copy of `g` with new Values and Ops (constant arrays are shared: they are immutable).
+
+    >>> import tracer
+    >>> g = tracer.trace(lambda x: x + 1.0, 2.0)
+    >>> h = clone_graph(g)
+    >>> h == g, h.ops[0] is g.ops[0]
+    (True, False)
+    """
+    vmap: dict[int, Value] = {}
+
+    def fresh(v: Value) -> Value:
+        nv = Value(v.type, v.name)
+        vmap[id(v)] = nv
+        return nv
+
+    def region(r: Region, cls=Region) -> Region:
+        ins = [fresh(v) for v in r.inputs]
+        ops = []
+        for op in r.ops:
+            new = Op(op.kind, [vmap[id(v)] for v in op.inputs], op.attrs, [region(x) for x in op.regions],
+                     op.loc, output_types=[v.type for v in op.outputs])
+            for old, nv in zip(op.outputs, new.outputs):
+                nv.name = old.name
+                vmap[id(old)] = nv
+            ops.append(new)
+        return Region(ins, ops, [vmap[id(v)] for v in r.outputs])
+
+    body = region(g)
+    return Graph(body.inputs, body.ops, body.outputs, g.in_tree, g.out_tree, list(g.arg_names), dict(g.metadata))
