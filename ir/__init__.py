@@ -16,9 +16,12 @@ from .printer import to_text
 from .registry import REGISTRY, OpDef, get_op, register
 from .types import TensorType
 from .verify import verify
+from .autodiff import grad, vjp  # noqa: E402  (after the registry is filled)
+from . import passes  # noqa: E402
+from .optimize import optimize  # noqa: E402
 
 __all__ = [
     "Graph", "Op", "Region", "Value", "TensorType", "OpDef", "REGISTRY", "get_op", "register",
     "parse", "to_text", "verify", "interpret", "VerifyError", "TypeRuleError", "ParseError",
-    "InterpretError",
+    "InterpretError", "grad", "vjp", "optimize", "passes",
 ]

@@ -10,10 +10,13 @@ graph(%x: f32[batch,3]) {
 }
 """
 
-from . import functions, methods, shape_functions  # noqa: F401  (fill the dispatch tables)
-from . import ops
+from . import functions, methods, ops, shape_functions  # noqa: F401  (fill the dispatch tables)
 from .api import TensorSpec, trace
 from .core import Tracer
 from .errors import TraceError
+from .grad import custom_vjp, grad, stop_gradient, value_and_grad
+from .jit import jit
+from .script import script
 
-__all__ = ["trace", "TensorSpec", "Tracer", "TraceError", "ops"]
+__all__ = ["trace", "jit", "TensorSpec", "Tracer", "TraceError", "ops", "grad", "value_and_grad", "stop_gradient",
+           "custom_vjp", "script"]

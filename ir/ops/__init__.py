@@ -1,3 +1,5 @@
 """Op families; importing this package fills `ir.registry.REGISTRY`."""
 
-from . import elementwise, linalg, nn, reduce, shape  # noqa: F401
+from . import control, elementwise, linalg, nn, reduce, shape  # noqa: F401
+from . import autodiff_ops  # noqa: F401,E402  (stop_gradient)
+from . import fused  # noqa: F401,E402  (gemm, fused_conv: made by ir.passes)

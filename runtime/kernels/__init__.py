@@ -5,12 +5,12 @@ A kernel is `fn(*inputs, **attrs) -> array | tuple[array, ...]`; it never mutate
 
 from __future__ import annotations
 
-from . import elementwise, nn, reduce, shape, special
+from . import control, elementwise, nn, reduce, shape, special
 
 KERNELS: dict = {}
 # Ops with regions (If/Loop) run through the executor instead:
 #   fn(step, inputs, env, slots, **attrs) -> outputs, where step.regions are executor Programs.
-REGION_KERNELS: dict = {}
+REGION_KERNELS: dict = dict(control.REGION_KERNELS)
 for _module in (elementwise, reduce, shape):
     KERNELS.update(_module.KERNELS)
 
@@ -25,3 +25,11 @@ KERNELS.update({
                  "softmax", "log_softmax", "layer_norm", "batch_norm", "instance_norm", "lrn", "pad",
                  "depth_to_space", "space_to_depth", "one_hot")
 })
+
+from . import autodiff_ops  # noqa: E402
+
+KERNELS.update(autodiff_ops.KERNELS)
+
+from . import fused  # noqa: E402
+
+KERNELS.update(fused.KERNELS)
