@@ -1,0 +1,115 @@
+"""ONNX lowerings of the neural-network ops (convolution, pooling, normalization, softmax).
+
+Why so thin: the IR's NN ops were modeled on ONNX's (NC+spatial layout, explicit pads), so each
+is one node; only LayerNormalization (opset 17) needs a decomposition for older opsets, and the
+target's missing float64 kernels are handled by `onnx_lowering_fallbacks`.
+"""
+
+from __future__ import annotations
+
+from .onnx_lowering_reduce import reduce_node
+
+
+def conv(cx, op, ins, outs):
+    a = op.attrs
+    cx.node("Conv", ins, outs[0], kernel_shape=list(op.inputs[1].shape[2:]), strides=list(a["strides"]),
+            pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["group"])
+
+
+def conv_transpose(cx, op, ins, outs):
+    a = op.attrs
+    cx.node("ConvTranspose", ins, outs[0], kernel_shape=list(op.inputs[1].shape[2:]), strides=list(a["strides"]),
+            pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["group"],
+            output_padding=list(a["output_padding"]))
+
+
+def max_pool(cx, op, ins, outs):
+    a = op.attrs
+    cx.node("MaxPool", ins, outs[0], kernel_shape=list(a["kernel_shape"]), strides=list(a["strides"]),
+            pads=list(a["pads"]), dilations=list(a.get("dilations", (1,) * len(a["kernel_shape"]))),
+            ceil_mode=int(a["ceil_mode"]))
+
+
+def avg_pool(cx, op, ins, outs):
+    a = op.attrs
+    cx.node("AveragePool", ins, outs[0], kernel_shape=list(a["kernel_shape"]), strides=list(a["strides"]),
+            pads=list(a["pads"]), ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]))
+
+
+def _plain(onnx_op):
+    def lower(cx, op, ins, outs):
+        cx.node(onnx_op, ins, outs[0])
+    return lower
+
+
+def _softmax(onnx_op):
+    def lower(cx, op, ins, outs):
+        cx.node(onnx_op, ins, outs[0], axis=op.attrs["axis"])
+    return lower
+
+
+def layer_norm(cx, op, ins, outs):
+    axis, eps = op.attrs["axis"], op.attrs["epsilon"]
+    if cx.opset >= 17:
+        cx.node("LayerNormalization", ins, outs[0], axis=axis, epsilon=eps)
+        return
+    x = ins[0]
+    axes = list(range(axis, op.inputs[0].type.rank))
+    d = cx.node("Sub", [x, reduce_node(cx, "ReduceMean", x, axes, True)])
+    var = reduce_node(cx, "ReduceMean", cx.node("Mul", [d, d]), axes, True)
+    y = cx.node("Div", [d, cx.node("Sqrt", [cx.node("Add", [var, cx.scalar(eps, x)])])])
+    if len(ins) == 3:
+        y = cx.node("Mul", [y, ins[1]])
+        cx.node("Add", [y, ins[2]], outs[0])
+    else:
+        cx.node("Mul", [y, ins[1]], outs[0])
+
+
+def batch_norm(cx, op, ins, outs):
+    cx.node("BatchNormalization", ins, outs[0], epsilon=op.attrs["epsilon"])
+
+
+def instance_norm(cx, op, ins, outs):
+    cx.node("InstanceNormalization", ins, outs[0], epsilon=op.attrs["epsilon"])
+
+
+def lrn(cx, op, ins, outs):
+    a = op.attrs
+    cx.node("LRN", ins, outs[0], size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["bias"])
+
+
+LOWERINGS = {
+    "conv": conv, "conv_transpose": conv_transpose, "max_pool": max_pool, "avg_pool": avg_pool,
+    "global_avg_pool": _plain("GlobalAveragePool"), "global_max_pool": _plain("GlobalMaxPool"),
+    "softmax": _softmax("Softmax"), "log_softmax": _softmax("LogSoftmax"), "layer_norm": layer_norm,
+    "batch_norm": batch_norm, "instance_norm": instance_norm, "lrn": lrn,
+}
+
+
+def _activation(cx, x: str, act: str, out: str) -> None:
+    """Apply a fused op's activation (see `ir.ops.fused.ACTIVATIONS`) to `x`, writing `out`."""
+    if act == "none":
+        cx.node("Identity", [x], out)
+    elif act in ("relu", "sigmoid", "tanh"):
+        cx.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[act], [x], out)
+    else:
+        from .onnx_lowering_elementwise import gelu_names
+
+        gelu_names(cx, x, "tanh" if act == "gelu_tanh" else "none", out)
+
+
+def gemm(cx, op, ins, outs):
+    y = cx.node("MatMul", ins[:2])
+    if len(ins) == 3:
+        y = cx.node("Add", [y, ins[2]])
+    _activation(cx, y, op.attrs["activation"], outs[0])
+
+
+def fused_conv(cx, op, ins, outs):
+    a = op.attrs
+    y = cx.node("Conv", ins, kernel_shape=list(op.inputs[1].shape[2:]), strides=list(a["strides"]),
+                pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["group"])
+    _activation(cx, y, a["activation"], outs[0])
+
+
+LOWERINGS.update({"gemm": gemm, "fused_conv": fused_conv})
