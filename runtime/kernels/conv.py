@@ -99,6 +99,26 @@ def _bias_shape(n: int, nd: int) -> tuple:
 
 # --- convolution -------------------------------------------------------------------------------
 
+def _conv_setup(x, w, strides, pads, dilations, group: int):
+    """Checked conv operands: (padded x, w, kernel, strides, dilations, out spatial dims), all in
+    the work dtype."""
+    x, w = np.asarray(x), np.asarray(w)
+    nd = _spatial_dims(x, "conv")
+    kernel, strides, pads, dilations = _window(nd, w.shape[2:], strides, pads, dilations, "conv")
+    c = x.shape[1]
+    m, cg = w.shape[:2]
+    if group < 1 or c != cg * group or m % group:
+        raise ValueError(f"conv: input channels {c} and weight {w.shape} do not fit group={group}")
+    work = _work_dtype(x.dtype)
+    xp = _pad_constant(x.astype(work, copy=False), pads[:nd], pads[nd:], 0)
+    w = w.astype(work, copy=False)
+    out = tuple(_out_len(xp.shape[2 + i], kernel[i], strides[i], 0, 0, dilations[i]) for i in range(nd))
+    if min(out) < 1:
+        raise ValueError(f"conv: kernel {kernel} (dilations {dilations}) is larger than the padded "
+                         f"input {xp.shape[2:]}")
+    return xp, w, kernel, strides, dilations, out
+
+
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=None, pads=None,
          dilations=None, group: int = 1) -> np.ndarray:
     """N-d convolution (ONNX Conv): x (N, C, *S), w (M, C/group, *K), b (M,) -> (N, M, *out).
@@ -108,29 +128,42 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=N
     array([[[[10., 18.],
              [42., 50.]]]])
     """
-    x, w = np.asarray(x), np.asarray(w)
-    nd = _spatial_dims(x, "conv")
-    kernel, strides, pads, dilations = _window(nd, w.shape[2:], strides, pads, dilations, "conv")
-    n, c = x.shape[:2]
+    dt = np.asarray(x).dtype
+    xp, w, kernel, strides, dilations, out = _conv_setup(x, w, strides, pads, dilations, group)
+    n = xp.shape[0]
     m, cg = w.shape[:2]
-    if group < 1 or c != cg * group or m % group:
-        raise ValueError(f"conv: input channels {c} and weight {w.shape} do not fit group={group}")
-    dt = x.dtype
-    work = _work_dtype(dt)
-    xp = _pad_constant(x.astype(work, copy=False), pads[:nd], pads[nd:], 0)
-    w = w.astype(work, copy=False)
-    out = tuple(_out_len(xp.shape[2 + i], kernel[i], strides[i], 0, 0, dilations[i]) for i in range(nd))
-    if min(out) < 1:
-        raise ValueError(f"conv: kernel {kernel} (dilations {dilations}) is larger than the padded "
-                         f"input {xp.shape[2:]}")
+    nd = len(out)
     if cg == 1 and group > 1:
         y = _depthwise(xp, w, strides, dilations, out)
     else:
         y = np.matmul(w.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out))
     y = y.reshape((n, m) + out)
     if b is not None:
-        y += np.asarray(b).astype(work, copy=False).reshape(_bias_shape(m, nd))
+        y += np.asarray(b).astype(w.dtype, copy=False).reshape(_bias_shape(m, nd))
     return y.astype(dt, copy=False)
+
+
+def conv_into(dst: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=None,
+              pads=None, dilations=None, group: int = 1) -> np.ndarray:
+    """`conv(x, w, b)` written into the C-contiguous array `dst` (the memory plan's buffer): the
+    GEMM writes its result there directly and the bias is added in place; returns `dst`.
+
+    >>> conv_into(np.empty((1, 1, 2)), np.ones((1, 1, 3)), np.ones((1, 1, 2)), np.array([0.5]))
+    array([[[2.5, 2.5]]])
+    """
+    dt = np.asarray(x).dtype
+    xp, wk, kernel, strides, dilations, out = _conv_setup(x, w, strides, pads, dilations, group)
+    n = xp.shape[0]
+    m, cg = wk.shape[:2]
+    if ((cg == 1 and group > 1) or wk.dtype != dt or dst.dtype != dt or not dst.flags.c_contiguous
+            or dst.shape != (n, m) + out):
+        np.copyto(dst, conv(x, w, b, strides=strides, pads=pads, dilations=dilations, group=group))
+        return dst
+    np.matmul(wk.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out),
+              out=dst.reshape(n, group, m // group, math.prod(out)))
+    if b is not None:
+        dst += np.asarray(b).astype(dt, copy=False).reshape(_bias_shape(m, len(out)))
+    return dst
 
 
 def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.ndarray:
@@ -289,7 +322,7 @@ def global_avg_pool(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     nd = _spatial_dims(x, "global_avg_pool")
     work = _work_dtype(x.dtype)
-    y = x.reshape(x.shape[:2] + (-1,)).mean(axis=-1, dtype=work)
+    y = x.reshape(x.shape[:2] + (math.prod(x.shape[2:]),)).mean(axis=-1, dtype=work)
     return y.reshape(x.shape[:2] + (1,) * nd).astype(x.dtype, copy=False)
 
 
@@ -302,4 +335,4 @@ def global_max_pool(x: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(x)
     nd = _spatial_dims(x, "global_max_pool")
-    return x.reshape(x.shape[:2] + (-1,)).max(axis=-1).reshape(x.shape[:2] + (1,) * nd)
+    return x.reshape(x.shape[:2] + (math.prod(x.shape[2:]),)).max(axis=-1).reshape(x.shape[:2] + (1,) * nd)

@@ -27,6 +27,7 @@ from .conv import (
     global_max_pool,
     max_pool,
 )
+from .special import _BLOCK
 
 __all__ = ["conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", "global_max_pool", "softmax",
            "log_softmax", "layer_norm", "batch_norm", "instance_norm", "lrn", "pad", "depth_to_space",
@@ -34,6 +35,50 @@ __all__ = ["conv", "conv_transpose", "max_pool", "avg_pool", "global_avg_pool", 
 
 
 # --- softmax and normalization -----------------------------------------------------------------
+
+def _axis(axis: int, ndim: int) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for rank {ndim}")
+    return axis % ndim
+
+
+def _by_rows(rows: np.ndarray, fn, dtype) -> np.ndarray:
+    """fn(block, row_slice) over blocks of whole rows of a 2-D array (~32K elements each),
+    gathered into one array: temporaries stay in cache (see special._apply)."""
+    out = np.empty(rows.shape, dtype)
+    step = max(1, _BLOCK // max(rows.shape[1], 1))
+    for i in range(0, rows.shape[0], step):
+        rs = slice(i, i + step)
+        out[rs] = fn(rows[rs], rs)
+    return out
+
+
+def _along_last(x: np.ndarray, axis: int, fn) -> np.ndarray:
+    """fn(block of rows in the work dtype) applied along `axis`, moved last and back."""
+    if x.ndim == 0:
+        return _along_last(x.reshape(1), axis, fn).reshape(())
+    axis = _axis(axis, x.ndim)
+    if x.size == 0:
+        return x.copy()
+    v = np.moveaxis(x, axis, -1)
+    work = _work_dtype(x.dtype)
+    y = _by_rows(v.reshape(-1, v.shape[-1]), lambda r, _: fn(r.astype(work, copy=False)), x.dtype)
+    y = np.moveaxis(y.reshape(v.shape), -1, axis)
+    return y if axis == x.ndim - 1 else np.ascontiguousarray(y)
+
+
+def _softmax_rows(r: np.ndarray) -> np.ndarray:
+    y = r - r.max(axis=1, keepdims=True)
+    np.exp(y, out=y)
+    y /= y.sum(axis=1, keepdims=True)
+    return y
+
+
+def _log_softmax_rows(r: np.ndarray) -> np.ndarray:
+    y = r - r.max(axis=1, keepdims=True)
+    y -= np.log(np.exp(y).sum(axis=1, keepdims=True))
+    return y
+
 
 def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along `axis` (ONNX Softmax, opset 13+), shifted by the max so it
@@ -43,12 +88,7 @@ def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     array([[0.09003057, 0.24472847, 0.66524096],
            [0.        , 0.        , 1.        ]])
     """
-    x = np.asarray(x)
-    v = x.astype(_work_dtype(x.dtype), copy=False)
-    y = v - v.max(axis=axis, keepdims=True)
-    np.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
-    return y.astype(x.dtype, copy=False)
+    return _along_last(np.asarray(x), axis, _softmax_rows)
 
 
 def log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
@@ -57,19 +97,18 @@ def log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     >>> log_softmax(np.array([0.0, 0.0, 1000.0]))
     array([-1000., -1000.,     0.])
     """
-    x = np.asarray(x)
-    v = x.astype(_work_dtype(x.dtype), copy=False)
-    y = v - v.max(axis=axis, keepdims=True)
-    y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
-    return y.astype(x.dtype, copy=False)
+    return _along_last(np.asarray(x), axis, _log_softmax_rows)
 
 
-def _row_stats(rows: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 1/sqrt(var + epsilon) of each row of a 2-D array (biased variance, two-pass)."""
-    mean = rows.mean(axis=1)
-    d = rows - mean[:, None]
-    var = np.einsum("ij,ij->i", d, d) / rows.shape[1]  # no n x m temporary for d*d
-    return mean, 1.0 / np.sqrt(var + epsilon)
+def _normalize_rows(r: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """(r - mean) * 1/sqrt(var + epsilon) per row (biased variance, two-pass), and the mean."""
+    mean = r.mean(axis=1, keepdims=True)
+    y = r - mean
+    var = np.einsum("ij,ij->i", y, y)[:, None]  # no temporary for y*y
+    var /= r.shape[1]
+    var += epsilon
+    y /= np.sqrt(var, out=var)
+    return y, mean
 
 
 def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None, *, axis: int = -1,
@@ -82,16 +121,19 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None,
     """
     x = np.asarray(x)
     work = _work_dtype(x.dtype)
-    axis = axis % x.ndim if x.ndim else 0
-    rows = x.astype(work, copy=False).reshape(math.prod(x.shape[:axis]), -1)
-    mean, inv = _row_stats(rows, epsilon)
-    y = rows - mean[:, None]
-    y *= inv[:, None]
-    y = y.reshape(x.shape)
-    y *= np.asarray(scale).astype(work, copy=False)
-    if bias is not None:
-        y += np.asarray(bias).astype(work, copy=False)
-    return y.astype(x.dtype, copy=False)
+    axis = _axis(axis, x.ndim)
+    inner = x.shape[axis:]
+    scale = np.broadcast_to(np.asarray(scale, work), inner).ravel()
+    bias = None if bias is None else np.broadcast_to(np.asarray(bias, work), inner).ravel()
+
+    def rows(r, _):
+        y, _ = _normalize_rows(r.astype(work, copy=False), epsilon)
+        y *= scale
+        if bias is not None:
+            y += bias
+        return y
+
+    return _by_rows(x.reshape(math.prod(x.shape[:axis]), math.prod(inner)), rows, x.dtype).reshape(x.shape)
 
 
 def _channel_affine(x: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -129,13 +171,16 @@ def instance_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, *, epsilon
     x = np.asarray(x)
     work = _work_dtype(x.dtype)
     n, c = x.shape[:2]
-    rows = x.astype(work, copy=False).reshape(n * c, -1)
-    mean, inv = _row_stats(rows, epsilon)
-    a = inv * np.tile(np.asarray(scale).astype(work, copy=False), n)
-    off = np.tile(np.asarray(bias).astype(work, copy=False), n) - mean * a
-    y = rows * a[:, None]
-    y += off[:, None]
-    return y.reshape(x.shape).astype(x.dtype, copy=False)
+    scale = np.tile(np.asarray(scale).astype(work, copy=False), n)[:, None]
+    bias = np.tile(np.asarray(bias).astype(work, copy=False), n)[:, None]
+
+    def rows(r, rs):
+        y, _ = _normalize_rows(r.astype(work, copy=False), epsilon)
+        y *= scale[rs]
+        y += bias[rs]
+        return y
+
+    return _by_rows(x.reshape(n * c, math.prod(x.shape[2:])), rows, x.dtype).reshape(x.shape)
 
 
 def lrn(x: np.ndarray, *, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -164,6 +209,12 @@ def lrn(x: np.ndarray, *, size: int, alpha: float = 1e-4, beta: float = 0.75,
 # --- layout ------------------------------------------------------------------------------------
 
 _PAD_MODES = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+
+
+def _fresh(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """y, copied if it is a view of x (reshapes that need no copy, e.g. blocksize 1): a kernel
+    result never aliases an input, so the memory planner may reuse input buffers."""
+    return y.copy() if np.may_share_memory(y, x) else y
 
 
 def pad(x: np.ndarray, *, pads, mode: str = "constant", value: float = 0.0) -> np.ndarray:
@@ -209,7 +260,7 @@ def depth_to_space(x: np.ndarray, *, blocksize: int, mode: str = "DCR") -> np.nd
         y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
     else:
         raise ValueError(f"depth_to_space: mode must be 'DCR' or 'CRD', got {mode!r}")
-    return y.reshape(n, c // (b * b), h * b, w * b)
+    return _fresh(y.reshape(n, c // (b * b), h * b, w * b), x)
 
 
 def space_to_depth(x: np.ndarray, *, blocksize: int) -> np.ndarray:
@@ -225,7 +276,7 @@ def space_to_depth(x: np.ndarray, *, blocksize: int) -> np.ndarray:
     if h % b or w % b:
         raise ValueError(f"space_to_depth: spatial shape {(h, w)} not divisible by blocksize {b}")
     y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
-    return y.reshape(n, c * b * b, h // b, w // b)
+    return _fresh(y.reshape(n, c * b * b, h // b, w // b), x)
 
 
 def one_hot(indices: np.ndarray, *, depth: int, axis: int = -1, dtype=np.float32,
