@@ -7,18 +7,18 @@ verifier and reference interpreter.
 2.0
 """
 
-from . import ops as _ops  # noqa: F401  (fills the registry)
+from . import ops as _ops  # noqa: F401  (fills the registry first: the modules below read it)
+from . import passes
+from .autodiff import grad, vjp
 from .errors import InterpretError, ParseError, TypeRuleError, VerifyError
 from .graph import Graph, Op, Region, Value
 from .interpret import interpret
+from .optimize import optimize
 from .parser import parse
 from .printer import to_text
 from .registry import REGISTRY, OpDef, get_op, register
 from .types import TensorType
 from .verify import verify
-from .autodiff import grad, vjp  # noqa: E402  (after the registry is filled)
-from . import passes  # noqa: E402
-from .optimize import optimize  # noqa: E402
 
 __all__ = [
     "Graph", "Op", "Region", "Value", "TensorType", "OpDef", "REGISTRY", "get_op", "register",
