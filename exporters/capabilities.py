@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import ExportError
 
-TARGETS = ("onnxruntime-cpu",)
+TARGETS = ("onnxruntime-cpu", "onnxruntime-web")
 _DIR = os.path.join(os.path.dirname(__file__), "capabilities")
 
 
@@ -62,6 +62,10 @@ def load_target(target: str) -> Capabilities:
     """
     if target not in TARGETS:
         raise ExportError(f"unknown export target {target!r}; expected one of {TARGETS} or None")
+    if target == "onnxruntime-web":  # its own tables and format ceiling: exporters/target_web.py
+        from .target_web import load_table
+
+        return load_table()
     tables = sorted(f for f in os.listdir(_DIR) if f.startswith("onnxruntime-") and f.endswith(".json"))
     if not tables:
         raise ExportError(f"no capability tables in {_DIR}; run `python -m exporters.probe_capabilities`")

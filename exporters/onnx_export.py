@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ir.graph import Graph, Op, Value, input_names
+from ir.graph import Graph, Op, Region, Value, input_names
 from runtime import dims as D
 from runtime import pytree
 
@@ -58,6 +58,11 @@ class Emitter:
         self.op: Op | None = None  # the IR op being lowered (for error messages)
         self._in_fallback = 0
         self.reserved: set[str] = set()  # names taken from the graph (inputs, outputs, named values)
+        # id(Value) -> ONNX name, for every region: a region's graph refers to enclosing values by
+        # name, as ONNX subgraphs may. Lives only during one `to_onnx` call (ids are not stable).
+        self.names: dict[int, str] = {}
+        self.named: dict[int, str] = {}  # values that keep their own name (from an imported model)
+        self._graphs = 0
 
     # --- names and constants -------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -206,6 +211,78 @@ class Emitter:
             if isinstance(d, str) and D.is_symbol(d) and d not in self.symbol_sources:
                 self.symbol_sources[d] = (name, axis)
 
+    # --- ops and regions -----------------------------------------------------------------------
+    def lower_ops(self, ops) -> None:
+        """Lower `ops` in order, appending to the current node list (`self.nodes`)."""
+        from ir.registry import get_op
+
+        for op in ops:
+            self.op = op
+            ins = [self.names[id(v)] for v in op.inputs]
+            outs = []
+            for v in op.outputs:
+                if id(v) not in self.names:
+                    self.names[id(v)] = self.named.get(id(v)) or self.fresh("v")
+                outs.append(self.names[id(v)])
+            aliases = get_op(op.kind).onnx(self, op, ins, outs)
+            if aliases is not None:  # the lowering names existing tensors (a constant's initializer)
+                outs = list(aliases)
+                for v, n in zip(op.outputs, outs):
+                    self.names[id(v)] = n
+            for v, n in zip(op.outputs, outs):
+                self.dtypes.setdefault(n, v.dtype)
+                self.note_symbols(n, v.shape)
+        self.op = None
+
+    def subgraph(self, region: Region, hint: str) -> onnx.GraphProto:
+        """Lower `region` into an ONNX subgraph (an If branch, a Loop body) named `hint_N`.
+
+        Its nodes refer to values of enclosing regions by their ONNX names, and to initializers
+        of the main graph. Nodes, computed dims and symbol sources are scoped: what the region
+        defines is forgotten afterwards. Every region output gets an `Identity` (a subgraph output
+        may be a region input, an outer value, or appear twice); inputs and outputs are named
+        after the subgraph (`body_1_in2`, `then_2_out0`), not the counter, so that export →
+        import → export gives the same bytes.
+
+        Example, the `if` lowering (onnx_lowering_control.py)::
+
+            cx.node("If", ins, outs, then_branch=cx.subgraph(op.regions[0], "then"),
+                    else_branch=cx.subgraph(op.regions[1], "else"))
+        """
+        self._graphs += 1
+        name = f"{hint}_{self._graphs}"
+        saved = (self.nodes, self._dim_cache, self.symbol_sources, self.op)
+        self.nodes, self.symbol_sources = [], dict(self.symbol_sources)
+        redefined = {d for v in region.inputs for d in v.shape if isinstance(d, str) and D.is_symbol(d)}
+        # a dim computed outside stays valid inside unless the region redefines one of its symbols
+        self._dim_cache = {} if redefined else dict(self._dim_cache)
+        try:
+            in_infos = []
+            for k, v in enumerate(region.inputs):
+                n = self.names.get(id(v)) or self.named.get(id(v)) or self._graph_name(f"{name}_in{k}")
+                self.names[id(v)] = n
+                self.dtypes[n] = v.dtype
+                for axis, d in enumerate(v.shape):
+                    if isinstance(d, str) and D.is_symbol(d):
+                        self.symbol_sources[d] = (n, axis)
+                in_infos.append(_value_info(n, v))
+            self.lower_ops(region.ops)
+            out_infos = []
+            for k, v in enumerate(region.outputs):
+                out = self.node("Identity", [self.names[id(v)]], self._graph_name(f"{name}_out{k}"), dtype=v.dtype)
+                out_infos.append(_value_info(out, v))
+            return helper.make_graph(self.nodes, name, in_infos, out_infos)
+        finally:
+            self.nodes, self._dim_cache, self.symbol_sources, self.op = saved
+
+    def _graph_name(self, name: str) -> str:
+        # (an imported model's subgraph Identity outputs vanish, so they must not use up counter
+        # values that later names depend on)
+        if name in self.reserved or name in self.dtypes:
+            return self.fresh(name)
+        self.reserved.add(name)
+        return name
+
     def _where(self) -> str:
         if self.op is None:
             return ""
@@ -217,8 +294,12 @@ def _value_info(name: str, v: Value) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, onnx_dtype(v.dtype), shape)
 
 
-def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu") -> onnx.ModelProto:
+def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu",
+            value_names: dict | None = None) -> onnx.ModelProto:
     """Lower `g` to an ONNX model that passes `onnx.checker.check_model(full_check=True)`.
+
+    `value_names`, when given, is filled with {Value: ONNX tensor name} for the graph's inputs and
+    top-level op outputs (names are deterministic, so `castml diff` maps values across engines).
 
     >>> import tracer
     >>> m = to_onnx(tracer.trace(lambda x: x * 2.0, np.zeros(3, np.float32)))
@@ -232,7 +313,7 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu") -
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ExportError(f"opset {opset} is not supported for export; expected {MIN_OPSET}..{MAX_OPSET}")
     cx = Emitter(opset, target)
-    names: dict[int, str] = {}  # id(Value) -> ONNX name; lives only during this call
+    names = cx.names
     in_names = input_names(g)
     if len(in_names) != len(g.inputs):
         raise ExportError(f"graph has {len(g.inputs)} inputs but its signature names {len(in_names)}")
@@ -243,12 +324,12 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu") -
     out_names = g.output_names
     # values that carry a name (an imported model's tensor names) keep it, so that
     # export -> import -> export reproduces the same names and bytes
-    named: dict[int, str] = {}
     cx.reserved.update(in_names, out_names)
-    for op in g.ops:
-        for v in op.outputs:
+    for op in g.walk():
+        # (region inputs only by identifier-like names: the text parser numbers them "4", "5", ...)
+        for v in [*op.outputs, *(x for r in op.regions for x in r.inputs if x.name and x.name.isidentifier())]:
             if v.name and op.kind != "constant" and v.name not in cx.reserved and not v.name.startswith("const_"):
-                named[id(v)] = v.name
+                cx.named[id(v)] = v.name
                 cx.reserved.add(v.name)
     # a graph output produced by an op is written under its final name directly
     claimed: set[int] = set()
@@ -257,29 +338,16 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu") -
             names[id(v)] = n
             claimed.add(id(v))
     missing: dict[str, list[str]] = {}
-    for op in g.ops:
-        if op.regions or get_op(op.kind).onnx is None:
+    for op in g.walk():
+        if get_op(op.kind).onnx is None:
             missing.setdefault(op.kind, []).append(op.loc or "?")
     if missing:
         listed = "; ".join(f"{k} (at {', '.join(v[:3])})" for k, v in sorted(missing.items()))
         raise UnsupportedOpError(f"no ONNX lowering for: {listed}")
-    for op in g.ops:
-        cx.op = op
-        ins = [names[id(v)] for v in op.inputs]
-        outs = []
-        for v in op.outputs:
-            if id(v) not in names:
-                names[id(v)] = named.get(id(v)) or cx.fresh("v")
-            outs.append(names[id(v)])
-        aliases = get_op(op.kind).onnx(cx, op, ins, outs)
-        if aliases is not None:  # the lowering names existing tensors (a constant's initializer)
-            outs = list(aliases)
-            for v, n in zip(op.outputs, outs):
-                names[id(v)] = n
-        for v, n in zip(op.outputs, outs):
-            cx.dtypes.setdefault(n, v.dtype)
-            cx.note_symbols(n, v.shape)
-    cx.op = None
+    cx.lower_ops(g.ops)
+    if value_names is not None:
+        value_names.update({v: names[id(v)] for v in [*g.inputs, *(o for op in g.ops for o in op.outputs)]
+                            if id(v) in names})
     outputs = []
     emitted: set[str] = set()
     for v, n in zip(g.outputs, out_names):
@@ -297,6 +365,8 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu") -
             META_ARG_NAMES: json.dumps(list(g.arg_names))}
     meta.update({META_PREFIX + k: v for k, v in g.metadata.items()})
     helper.set_model_props(model, dict(sorted(meta.items())))
+    if hasattr(cx.caps, "pin"):  # a target with a format ceiling (onnxruntime-web: IR version, opsets)
+        cx.caps.pin(model)
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections import ChainMap
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from ir.graph import Graph, Value
+from ir.graph import Graph, Region, Value
 from ir.registry import get_op
 from ir.types import TensorType, as_dtype
+from runtime import CastmlError, ModelFormatError, limits, pytree
 from runtime import dims as D
-from runtime import pytree
 
 from .errors import ExportError, UnsupportedOpError
 from .onnx_export import META_ARG_NAMES, META_IN_TREE, META_OUT_TREE, META_PREFIX
@@ -53,11 +55,39 @@ class SymInts:
 class Builder:
     """Builds the IR graph while walking the ONNX nodes; folds ops whose inputs are constants."""
 
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Region, opset: int, parent: Builder | None = None):
         self.g = graph
         self.opset = opset
+        self.parent = parent
         self.node: onnx.NodeProto | None = None
-        self._materialized: dict[int, tuple[np.ndarray, Value]] = {}
+        # a region sees the constants, names and dims of its enclosing regions, not the reverse
+        self._materialized: ChainMap[int, tuple[np.ndarray, Value]] = ChainMap(
+            {}, *([parent._materialized] if parent is not None else []))
+        self.env: ChainMap[str, object] = ChainMap({}, *([parent.env] if parent is not None else []))
+        self._symbols = parent._symbols if parent is not None else [0]
+
+    def child(self, region: Region) -> Builder:
+        """A builder for `region` (an If branch, a Loop body) nested in this one."""
+        return Builder(region, self.opset, self)
+
+    def symbols_in_use(self) -> set[str]:
+        """The symbols in the shapes of the graph's inputs and of every value built so far."""
+        used: set[str] = set()
+        b = self
+        while b is not None:  # this region and the enclosing ones (regions being built have no op yet)
+            for v in [*b.g.inputs, *(v for op in b.g.walk() for v in op.outputs)]:
+                used.update(d for d in v.shape if isinstance(d, str))
+            b = b.parent
+        return used
+
+    def fresh_symbol(self) -> str:
+        """A new symbolic dim name (`_c1`, `_c2`, ...) for sizes that vary across branches or iterations."""
+        taken = self.symbols_in_use()
+        while True:
+            self._symbols[0] += 1
+            sym = f"_c{self._symbols[0]}"
+            if sym not in taken:
+                return sym
 
     def op(self, kind: str, inputs: list, **attrs) -> object:
         """Apply IR op `kind`; returns a handle (array when folded, else a Value) or a tuple of them."""
@@ -110,6 +140,8 @@ class Builder:
                 for axis, x in enumerate(v.shape):
                     if x == d:
                         return self.op("shape_dim", [v], axis=axis)
+        if self.parent is not None:  # a dim of an enclosing region's value, computed there
+            return self.parent.dim_value(d)
         raise UnsupportedOpError(f"cannot compute the dim {d!r} as a tensor (node {self.where()})")
 
     def reshape(self, h, shape):
@@ -190,12 +222,13 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
     opset = _default_opset(model)
     graph = model.graph
     unsupported: dict[str, list[str]] = {}
-    for i, n in enumerate(graph.node):
+    nodes = list(_all_nodes(graph))
+    for i, n in enumerate(nodes):
         if n.domain not in ("", "ai.onnx") or n.op_type not in IMPORTERS:
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
             unsupported.setdefault(key, []).append(n.name or f"node #{i}")
     if opset > MAX_OPSET:  # newer opsets: only ops whose definition is unchanged since opset 21
-        for i, n in enumerate(graph.node):
+        for i, n in enumerate(nodes):
             if n.op_type in IMPORTERS and n.domain in ("", "ai.onnx") and _changed_after(n.op_type, opset):
                 unsupported.setdefault(f"{n.op_type} (changed after opset {MAX_OPSET})", []).append(
                     n.name or f"node #{i}")
@@ -209,7 +242,7 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
     real_inputs = [vi for vi in graph.input if vi.name not in inits]
     g = Graph([Value(_input_type(vi, fresh), vi.name) for vi in real_inputs])
     b = Builder(g, opset)
-    env: dict[str, object] = {}
+    env = b.env
     for t in graph.initializer:  # initializers become constant ops, in file order
         arr = _tensor_array(t, base_dir)
         env[t.name] = arr
@@ -218,7 +251,21 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         b._materialized[id(arr)] = (arr, v)
     for v in g.inputs:
         env[v.name] = v
-    for n in graph.node:
+    import_nodes(b, graph.node)
+    g.outputs = [b.value(env[o.name]) for o in graph.output]
+    _signature(g, meta, real_inputs, graph.output)
+    return g
+
+
+def import_nodes(b: Builder, nodes) -> None:
+    """Translate ONNX `nodes` in order into `b`'s region, binding their outputs in `b.env`.
+
+    Used for the main graph and, by the If/Loop importers, for subgraphs (`import_region`).
+    """
+    from .onnx_import_ops import IMPORTERS
+
+    env = b.env
+    for n in nodes:
         b.node = n
         ins = [env[x] if x else None for x in n.input]
         for x in n.input:
@@ -227,19 +274,56 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
         try:
             outs = IMPORTERS[n.op_type](b, ins, attrs, len(n.output))
-        except UnsupportedOpError:
+        except ExportError:  # (an UnsupportedOpError, or an error inside a subgraph: already located)
             raise
         except (ValueError, TypeError, KeyError, IndexError) as e:
-            raise ExportError(f"cannot import node {b.where()} (opset {opset}): {e}") from None
+            raise ExportError(f"cannot import node {b.where()} (opset {b.opset}): {e}") from None
         for name, h in zip(n.output, outs):
             if name and h is not None:
                 if isinstance(h, Value) and h.producer is not None and h.name is None:
                     h.name = name
                 env[name] = h
     b.node = None
-    g.outputs = [b.value(env[o.name]) for o in graph.output]
-    _signature(g, meta, real_inputs, graph.output)
-    return g
+
+
+def import_region(b: Builder, graph: onnx.GraphProto, inputs: list[Value]) -> Region:
+    """An IR region for ONNX subgraph `graph` (an If branch, a Loop body) whose inputs are `inputs`.
+
+    The subgraph sees every name of the enclosing scopes through `b.env`; what it defines stays
+    inside. Outputs that are constants or outer values are yielded as they are.
+
+    Example, the Loop importer (onnx_import_ops_control.py)::
+
+        body = import_region(b, attrs["body"], [iteration, cond, *carried])
+    """
+    region = Region(list(inputs))
+    child = b.child(region)
+    if len(graph.input) != len(inputs):
+        raise UnsupportedOpError(f"node {b.where()}: subgraph {graph.name!r} takes {len(graph.input)} inputs, "
+                                 f"expected {len(inputs)}")
+    for vi, v in zip(graph.input, inputs):
+        v.name = vi.name
+        child.env[vi.name] = v
+    for t in graph.initializer:
+        child.env[t.name] = _tensor_array(t, None)
+    import_nodes(child, graph.node)
+    for o in graph.output:
+        if o.name not in child.env:
+            raise UnsupportedOpError(f"node {b.where()}: subgraph {graph.name!r} output {o.name!r} is never defined")
+    region.outputs = [child.value(child.env[o.name]) for o in graph.output]
+    return region
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node of `graph` and of its subgraphs (If branches, Loop bodies), outer first."""
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _all_nodes(sub)
 
 
 def _signature(g: Graph, meta: dict, inputs, outputs) -> None:
@@ -318,6 +402,20 @@ def load_onnx(path: str) -> Graph:
     >>> exporters.save(tracer.trace(lambda x: x * x, np.zeros(2)), p); load_onnx(p).arg_names
     ['x']
     """
+    size, lim = os.path.getsize(path), limits.current().max_file_bytes
+    if size > lim:  # refused before reading it into memory
+        raise ModelFormatError(f"{path}: the model is {size} bytes, more than max_file_bytes = {lim} "
+                               f"({limits.how_to_raise('max_file_bytes')})")
     with open(path, "rb") as f:
-        model = onnx.load_model_from_string(f.read())
-    return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
+        data = f.read()
+    try:
+        model = onnx.load_model_from_string(data)
+    except DecodeError as e:
+        raise ModelFormatError(f"{path}: not a valid ONNX protobuf ({e})") from None
+    try:
+        return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
+    except CastmlError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+        # hostile files (names never defined, fields of the wrong type) must not leak other errors
+        raise ModelFormatError(f"{path}: malformed ONNX model ({type(e).__name__}: {e})") from None

@@ -332,10 +332,11 @@ IMPORTERS = {
 
 
 def _register_families() -> None:
-    from . import onnx_import_ops_nn, onnx_import_ops_shape
+    from . import onnx_import_ops_control, onnx_import_ops_nn, onnx_import_ops_shape
 
     IMPORTERS.update(onnx_import_ops_shape.IMPORTERS)
     IMPORTERS.update(onnx_import_ops_nn.IMPORTERS)
+    IMPORTERS.update(onnx_import_ops_control.IMPORTERS)
 
 
 _register_families()
