@@ -120,8 +120,15 @@ def _clamp(b, start, end, step, dim):
         return lo, hi, step
     if step != 1:
         raise UnsupportedOpError(f"{b.where()}: Slice with step {step} on symbolic dim {dim!r}")
-    lo = start if 0 <= start < 2**62 else (D.add(dim, start) if -(2**62) < start < 0 else 0)
-    hi = dim if end >= 2**62 else (D.add(dim, end) if end < 0 else end)
+    # symbolic bounds (shape arithmetic folded to dims, e.g. `n-1` from x[-1:]) are already normalized
+    if isinstance(start, str):
+        lo = start
+    else:
+        lo = start if 0 <= start < 2**62 else (D.add(dim, start) if -(2**62) < start < 0 else 0)
+    if isinstance(end, str):
+        hi = end
+    else:
+        hi = dim if end >= 2**62 else (D.add(dim, end) if end < 0 else end)
     return lo, hi, step
 
 

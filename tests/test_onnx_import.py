@@ -203,3 +203,22 @@ def test_clip_attribute_and_input_forms(opset):
         inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("lo", -1.0), ("hi", 2.0))]
     m = _model([node], [_vi("x", [3])], [_vi("y", [3])], opset, inits)
     assert_agree(ir.interpret(exporters.from_onnx(m), x), np.clip(x, -1.0, 2.0))
+
+
+def test_symbolic_slice_bounds_survive_a_round_trip(tmp_path):
+    """x[-1:] on a symbolic axis exports its start as Shape arithmetic; import folds it to `n-1`."""
+    import exporters
+    import ir
+    import tracer
+    from tests.helpers import assert_agree
+
+    def f(x):
+        return x[-1:] * 2 + x[:1]
+
+    g = tracer.trace(f, tracer.TensorSpec(("n", 3), np.float64))
+    path = tmp_path / "m.onnx"
+    exporters.save(g, str(path))
+    back = exporters.load(str(path))
+    for n in (1, 5):
+        x = np.random.default_rng(n).normal(size=(n, 3))
+        assert_agree(ir.interpret(back, x), f(x))
