@@ -130,12 +130,17 @@ class _Writer:
         return self.b.EndVector()
 
     def numbers(self, items, kind: str) -> int:
-        arr = np.asarray(list(items), {"u32": np.uint32, "i64": np.int64, "f64": np.float64}[kind])
+        try:
+            arr = np.asarray(list(items), {"u32": np.uint32, "i64": np.int64, "f64": np.float64}[kind])
+        except OverflowError:
+            raise ExportError(f"a value of {list(items)!r:.120} does not fit the file's {kind} field") from None
         return self.b.CreateNumpyVector(arr)
 
     def dims(self, shape: tuple) -> int:
         offs = []
         for d in shape:
+            if isinstance(d, int) and not -(2**63) <= d < 2**63:  # (an imported shape can overflow)
+                raise ExportError(f"dim {d} of shape {shape} does not fit in 64 bits")
             expr = self.b.CreateString(d) if isinstance(d, str) else None
             Dim.Start(self.b)
             Dim.AddSize(self.b, d if isinstance(d, int) else 0)
@@ -278,7 +283,7 @@ def _build(graphs: dict[str, Graph], data_offset: int) -> tuple[bytes, _Constant
     tensors_vec = w.table_vector(tensors)
     digest = hashlib.sha256()
     for a, off, nxt in zip(w.constants.arrays, offsets, offsets[1:] + [data_length]):
-        digest.update(memoryview(a).cast("B"))
+        digest.update(memoryview(a.reshape(-1)).cast("B"))  # reshape: 0-size shapes cannot be cast
         digest.update(bytes(nxt - off - a.nbytes))
     producer = w.b.CreateString(F.PRODUCER)
     data_hash = w.b.CreateString("sha256:" + digest.hexdigest())
@@ -318,7 +323,7 @@ def _chunks(graphs: dict[str, Graph]):
     pos = 0
     for a, off in zip(constants.arrays, offsets):
         yield bytes(off - pos)
-        yield memoryview(a).cast("B")
+        yield memoryview(a.reshape(-1)).cast("B")
         pos = off + a.nbytes
 
 

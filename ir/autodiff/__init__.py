@@ -2,14 +2,22 @@
 
 Importing this package attaches one VJP rule to every differentiable op's registry entry
 (`ir.get_op(kind).vjp`), one module per op family (`rules_*.py`); `vjp.py` holds the graph
-transformation. Ops with regions (if/loop) have no rule yet.
+transformation; the rules of ops with regions (if/loop) are in `rules_control.py`.
 
 >>> import tracer, ir
 >>> float(ir.interpret(ir.grad(tracer.trace(lambda x: x ** 2, 2.0)), 2.0))
 4.0
 """
 
-from . import rules_elementwise, rules_fused, rules_linalg, rules_nn, rules_reduce, rules_shape  # noqa: F401
+from . import (  # noqa: F401
+    rules_control,
+    rules_elementwise,
+    rules_fused,
+    rules_linalg,
+    rules_nn,
+    rules_reduce,
+    rules_shape,
+)
 from .rules_common import AutodiffError, Builder
 from .vjp import backpropagate, grad, vjp
 

@@ -25,11 +25,59 @@ from ..registry import get_op
 from .rules_common import AutodiffError, Builder, is_float
 
 
+def captured_values(op: Op) -> list[Value]:
+    """Values used inside `op`'s regions (at any depth) but defined outside them, in first-use
+    order: they are operands of `op` as much as its inputs are, so they receive cotangents too.
+
+    >>> import numpy as np, tracer
+    >>> @tracer.script
+    ... def f(x, w):
+    ...     if x.sum() > 0.0:
+    ...         x = x * w
+    ...     return x
+    >>> g = tracer.trace(f, np.ones(2), np.ones(2))
+    >>> [v.name for v in captured_values(next(op for op in g.ops if op.kind == "if"))]
+    ['x', 'w']
+    """
+    seen: set[int] = set()
+    out: list[Value] = []
+
+    def visit(region, defined: set[int]) -> None:
+        defined = defined | {id(v) for v in region.inputs}
+        for inner in region.ops:
+            for v in inner.inputs:
+                if id(v) not in defined and id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+            for r in inner.regions:
+                visit(r, defined)
+            defined.update(id(v) for v in inner.outputs)
+        for v in region.outputs:
+            if id(v) not in defined and id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+
+    for r in op.regions:
+        visit(r, set())
+    return out
+
+
+def operands(op: Op) -> list[Value]:
+    """What a VJP rule returns cotangents for: `op`'s inputs, then (ops with regions) the values
+    its regions capture from enclosing scopes (`captured_values`).
+
+    >>> import tracer
+    >>> operands(tracer.trace(lambda x: x * x, 2.0).ops[0])
+    [Value(%x: f64[]), Value(%x: f64[])]
+    """
+    return list(op.inputs) + captured_values(op) if op.regions else list(op.inputs)
+
+
 def _active_values(ops: Sequence[Op], wanted: Sequence[Value]) -> set[int]:
     """Ids of float values that depend on any of `wanted` (forward reachability)."""
     active = {id(v) for v in wanted}
     for op in ops:
-        if get_op(op.kind).differentiable and any(id(v) in active for v in op.inputs):
+        if get_op(op.kind).differentiable and any(id(v) in active for v in operands(op)):
             active.update(id(v) for v in op.outputs if is_float(v))
     return active
 
@@ -53,7 +101,8 @@ def backpropagate(b: Builder, ops: Sequence[Op], seeds: Sequence[tuple[Value, Va
             accumulate(v, ct)
     for op in reversed(ops):
         out_cts = [cts.get(id(v)) for v in op.outputs]
-        if all(c is None for c in out_cts) or not any(id(v) in active for v in op.inputs):
+        args = operands(op)
+        if all(c is None for c in out_cts) or not any(id(v) in active for v in args):
             continue
         d = get_op(op.kind)
         if not d.differentiable:
@@ -62,8 +111,9 @@ def backpropagate(b: Builder, ops: Sequence[Op], seeds: Sequence[tuple[Value, Va
             raise AutodiffError(f"no gradient rule for op {op.kind!r} in `{format_op(op)}`"
                                 + (f" ({op.loc})" if op.loc else ""))
         b.loc = op.loc
+        b.active = active  # rules of ops with regions skip captured values nothing wanted depends on
         in_cts = d.vjp(b, op, out_cts)
-        for v, ct in zip(op.inputs, in_cts):
+        for v, ct in zip(args, in_cts):
             if ct is not None and id(v) in active:
                 accumulate(v, ct)
     b.loc = None
