@@ -6,3 +6,5 @@ public APIs (`tracer`, `ir`, `exporters`, `runtime`), so the command line exerci
 a user's script would. The onnxruntime backend lives here (`ort_backend.py`) because `runtime`
 never imports onnxruntime.
 """
+
+from .diff import diff  # noqa: E402,F401  (castml_cli.diff(fn, path, *args): the first diverging op)

@@ -60,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="run the saved model on random inputs against the Python function; print the max error")
     p.add_argument("--seed", type=int, default=0, help="random seed for --check (default 0)")
     p.add_argument("--print-ir", action="store_true", help="print the traced graph")
+    p.add_argument("--target", help="print what this target cannot run (onnxruntime-cpu, castml, onnx-opset-N); "
+                   "exit 3 when anything")
     return p
 
 
@@ -165,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
         g = optimize(g)
     if args.print_ir:
         print(g)
+    report = None
+    if args.target:  # before saving: an ONNX save fails on the first op the target lacks
+        from exporters.check import check_graph
+
+        report = check_graph(g, args.target, args.function)
+        print(report.format())
     save_model(g, args.output)
     ins = ", ".join(f"{v.name}: {type_text(v.type.dtype, v.type.shape)}" for v in g.inputs)
     outs = ", ".join(type_text(v.type.dtype, v.type.shape) for v in g.outputs)
@@ -179,4 +187,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"check: max abs error {err:.3g} vs the Python function on random inputs "
               f"(symbolic dims = {CHECK_DIM}): {verdict}")
         return 0 if ok else 1
-    return 0
+    return 3 if report is not None and not report.ok else 0

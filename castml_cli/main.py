@@ -12,10 +12,24 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from . import cmd_bench, cmd_convert, cmd_demo, cmd_grad, cmd_inspect, cmd_run, cmd_serve, cmd_trace, cmd_viz
+from . import (
+    cmd_bench,
+    cmd_check,
+    cmd_convert,
+    cmd_demo,
+    cmd_diff,
+    cmd_grad,
+    cmd_inspect,
+    cmd_run,
+    cmd_serve,
+    cmd_trace,
+    cmd_viz,
+    cmd_web,
+)
 from .common import CliError
 
-COMMANDS = (cmd_demo, cmd_trace, cmd_run, cmd_inspect, cmd_convert, cmd_grad, cmd_viz, cmd_serve, cmd_bench)
+COMMANDS = (cmd_demo, cmd_trace, cmd_run, cmd_inspect, cmd_convert, cmd_grad, cmd_viz, cmd_serve, cmd_bench, cmd_web,
+            cmd_diff, cmd_check)
 
 EPILOG = """\
 examples:
@@ -28,6 +42,7 @@ examples:
   castml viz m.castml -o graph.html
   castml serve m.castml --port 8500
   castml bench m.castml --dim batch=32
+  castml web m.castml -o site/
 
 run `castml COMMAND --help` for each command's options and examples."""
 

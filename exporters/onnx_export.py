@@ -299,7 +299,8 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu",
     """Lower `g` to an ONNX model that passes `onnx.checker.check_model(full_check=True)`.
 
     `value_names`, when given, is filled with {Value: ONNX tensor name} for the graph's inputs and
-    top-level op outputs (names are deterministic, so `castml diff` maps values across engines).
+    every op output, regions included (names are deterministic, so `castml diff` maps values
+    across engines and `castml check` finds source lines).
 
     >>> import tracer
     >>> m = to_onnx(tracer.trace(lambda x: x * 2.0, np.zeros(3, np.float32)))
@@ -346,7 +347,7 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu",
         raise UnsupportedOpError(f"no ONNX lowering for: {listed}")
     cx.lower_ops(g.ops)
     if value_names is not None:
-        value_names.update({v: names[id(v)] for v in [*g.inputs, *(o for op in g.ops for o in op.outputs)]
+        value_names.update({v: names[id(v)] for v in [*g.inputs, *(o for op in g.walk() for o in op.outputs)]
                             if id(v) in names})
     outputs = []
     emitted: set[str] = set()
