@@ -101,7 +101,7 @@ class _Parser:
     def __init__(self, text: str):
         self.sc = _Scanner(text)
         self.scopes: list[dict[str, Value]] = [{}]
-        self.pending: list[tuple[Op, str, str]] = []  # (op, attr name, hash) awaiting constants
+        self.pending: list[tuple] = []  # (op, attr name, hash, dtype, shape) awaiting constant data
 
     def lookup(self, name: str) -> Value:
         for scope in reversed(self.scopes):
@@ -190,20 +190,18 @@ class _Parser:
             raise ParseError(f"malformed signature: {e}") from None
         g = Graph(inputs, ops, outputs, in_tree=in_tree, out_tree=out_tree,
                   arg_names=sig.get("args", [v.name for v in inputs]), metadata=sig.get("metadata"))
-        self._retype_constants(g)
+        self._retype_constants()
         return g
 
-    def _retype_constants(self, g: Graph) -> None:
-        # ops whose tensor attrs arrived by reference were created with placeholder attrs;
-        # rerun their type rules now that the data is in place
-        for op in g.walk():
-            if any(o is op for o, *_ in self.pending):
-                from .registry import get_op
+    def _retype_constants(self) -> None:
+        """Ops whose tensor attributes arrived by reference were created with placeholder data;
+        rerun their type rules now that the data is in place."""
+        from .registry import get_op
 
-                types = get_op(op.kind).infer_types(op)
-                for v, t in zip(op.outputs, types):
-                    if v.type != t:
-                        raise ParseError(f"{op.kind}: declared type {v.type} differs from {t}")
+        for op in {id(op): op for op, *_ in self.pending}.values():
+            for v, t in zip(op.outputs, get_op(op.kind).infer_types(op)):
+                if v.type != t:
+                    raise ParseError(f"{op.kind}: declared type {v.type} differs from {t}")
 
     def body(self, terminator: str) -> tuple[list[Op], list[Value]]:
         sc = self.sc
