@@ -5,6 +5,11 @@ gradient (`ir.grad` on the traced graph, saved to `.castml` and run by `runtime`
 Then a 784-512-512-10 MLP traced with a symbolic batch, printed as IR, saved as `.castml` and
 `.onnx`, and run at batch 1 and 7 by our runtime and by onnxruntime against eager NumPy. It is
 the README's first command, so it checks its own numbers and exits 1 when anything disagrees.
+
+With `--train` it instead trains an MLP (with Dropout) on scikit-learn's bundled 8x8 digits with
+`models.fit` (one traced training step run by the runtime, a progress line per epoch), checks
+that it reaches 95% test accuracy, exports it to `.castml` and `.onnx`, and checks that our
+runtime and onnxruntime predict the same classes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ EXAMPLES = """\
 examples:
   castml demo                      # run everything in a temporary folder
   castml demo --out-dir demo_out   # keep square.castml, mlp.castml, mlp.onnx
-  castml demo --no-ir              # skip printing the MLP's IR"""
+  castml demo --no-ir              # skip printing the MLP's IR
+  castml demo --train              # train on scikit-learn's digits, export, compare engines"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", help="folder to keep the demo's model files in (default: a temporary folder)")
     p.add_argument("--no-ir", action="store_true", help="do not print the MLP's IR text")
+    p.add_argument("--train", action="store_true",
+                   help="train an MLP on scikit-learn's digits instead (needs the 'train' extra)")
+    p.add_argument("--epochs", type=int, default=15, help="epochs for --train (default 15)")
     return p
 
 
@@ -121,12 +130,58 @@ def _mlp_part(folder: str, show_ir: bool) -> bool:
     return ok
 
 
+def _train_part(folder: str, epochs: int, keep: bool) -> bool:
+    """Train on the digits, then compare the exported model in our runtime and onnxruntime."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        print("castml demo --train needs scikit-learn: pip install 'castml[train]'")
+        return False
+    import runtime
+    from models import fit, optim
+    from models import layers as nn
+
+    from .ort_backend import OrtModel
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.data))
+    x = (digits.data[order] / 16.0).astype(np.float32)
+    y = digits.target[order].astype(np.int64)
+    split = int(0.8 * len(x))
+    print(f"== MLP 64-128-10 with Dropout(0.1) on scikit-learn's digits: {split} train, {len(x) - split} test images")
+    model = nn.Sequential([nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10)])
+    model.init(0)
+    history = fit(model, "cross_entropy", optim.SGD(0.1, momentum=0.9), (x[:split], y[:split]), epochs=epochs,
+                  val_data=(x[split:], y[split:]), batch_size=32, log_dir=os.path.join(folder, "logs"))
+    accuracy = history.metrics["val_accuracy"][-1]
+    print(f"test accuracy {accuracy:.2%} (needs >= 95%)")
+    if keep:
+        print(f"metrics.csv and TensorBoard events in {os.path.join(folder, 'logs')}")
+    paths = {ext: os.path.join(folder, f"digits.{ext}") for ext in ("castml", "onnx")}
+    for path in paths.values():
+        model.export(path, x[:1])
+        print(f"saved {path} ({os.path.getsize(path):,} bytes)")
+    xt, ref = x[split:], model.apply(model.params, x[split:])
+    ours = runtime.load(paths["castml"]).run(xt)
+    theirs = OrtModel.from_onnx_file(paths["onnx"]).run_flat([xt])[0]
+    err_ours, ok_ours = max_abs_error(ours, ref)
+    err_ort, ok_ort = max_abs_error(theirs, ref)
+    same = int(np.sum(ours.argmax(1) == theirs.argmax(1)))
+    print(f"castml runtime accuracy {np.mean(ours.argmax(1) == y[split:]):.2%}, onnxruntime accuracy "
+          f"{np.mean(theirs.argmax(1) == y[split:]):.2%}; same class for {same}/{len(xt)} images; "
+          f"max|castml - numpy| {err_ours:.3g}  max|onnxruntime - numpy| {err_ort:.3g}")
+    return accuracy >= 0.95 and ok_ours and ok_ort and same == len(xt)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every number agrees with its reference, else 1."""
     with tempfile.TemporaryDirectory(prefix="castml-demo-") as tmp:
         folder = args.out_dir or tmp
         os.makedirs(folder, exist_ok=True)
-        ok = _square_part(folder)
-        ok &= _mlp_part(folder, not args.no_ir)
+        if args.train:
+            ok = _train_part(folder, args.epochs, keep=bool(args.out_dir))
+        else:
+            ok = _square_part(folder)
+            ok &= _mlp_part(folder, not args.no_ir)
     print("\ndemo: all results agree" if ok else "\ndemo: MISMATCH (see above)")
     return 0 if ok else 1

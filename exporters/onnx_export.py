@@ -63,6 +63,7 @@ class Emitter:
         self.names: dict[int, str] = {}
         self.named: dict[int, str] = {}  # values that keep their own name (from an imported model)
         self._graphs = 0
+        self.static: dict[int, bool] = {}  # id(Value) -> computed from constants only (onnx_groups)
 
     # --- names and constants -------------------------------------------------------------------
     def fresh(self, hint: str = "t") -> str:
@@ -216,19 +217,26 @@ class Emitter:
         """Lower `ops` in order, appending to the current node list (`self.nodes`)."""
         from ir.registry import get_op
 
+        from .onnx_groups import tag_group
+
         for op in ops:
             self.op = op
             ins = [self.names[id(v)] for v in op.inputs]
             outs = []
             for v in op.outputs:
-                if id(v) not in self.names:
-                    self.names[id(v)] = self.named.get(id(v)) or self.fresh("v")
+                if id(v) in self.named:  # uses up its number too, so later names match the first export
+                    self._counter += 1
+                    self.names[id(v)] = self.named[id(v)]
+                elif id(v) not in self.names:  # (a constant aliases its initializer and takes no number)
+                    self.names[id(v)] = self.fresh("v") if op.kind != "constant" else None
                 outs.append(self.names[id(v)])
+            first = len(self.nodes)
             aliases = get_op(op.kind).onnx(self, op, ins, outs)
             if aliases is not None:  # the lowering names existing tensors (a constant's initializer)
                 outs = list(aliases)
                 for v, n in zip(op.outputs, outs):
                     self.names[id(v)] = n
+            tag_group(self.nodes[first:], op, ins, outs, self.static)
             for v, n in zip(op.outputs, outs):
                 self.dtypes.setdefault(n, v.dtype)
                 self.note_symbols(n, v.shape)

@@ -28,6 +28,7 @@ from runtime import dims as D
 
 from .errors import ExportError, UnsupportedOpError
 from .onnx_export import META_ARG_NAMES, META_IN_TREE, META_OUT_TREE, META_PREFIX
+from .onnx_groups import begin_group, drop_scratch, finish_group
 
 MIN_OPSET, MAX_OPSET = 6, 21
 FOLD_LIMIT = 1 << 20  # fold ops on constants up to this many elements
@@ -65,6 +66,7 @@ class Builder:
             {}, *([parent._materialized] if parent is not None else []))
         self.env: ChainMap[str, object] = ChainMap({}, *([parent.env] if parent is not None else []))
         self._symbols = parent._symbols if parent is not None else [0]
+        self.scratch = parent.scratch if parent is not None else []  # (onnx_groups.drop_scratch)
 
     def child(self, region: Region) -> Builder:
         """A builder for `region` (an If branch, a Loop body) nested in this one."""
@@ -253,6 +255,7 @@ def from_onnx(model: onnx.ModelProto, base_dir: str | None = None) -> Graph:
         env[v.name] = v
     import_nodes(b, graph.node)
     g.outputs = [b.value(env[o.name]) for o in graph.output]
+    drop_scratch(g, b.scratch)
     _signature(g, meta, real_inputs, graph.output)
     return g
 
@@ -265,7 +268,9 @@ def import_nodes(b: Builder, nodes) -> None:
     from .onnx_import_ops import IMPORTERS
 
     env = b.env
-    for n in nodes:
+    group = None
+    for i, n in enumerate(nodes):
+        group = begin_group(b, nodes, i) or group
         b.node = n
         ins = [env[x] if x else None for x in n.input]
         for x in n.input:
@@ -283,6 +288,9 @@ def import_nodes(b: Builder, nodes) -> None:
                 if isinstance(h, Value) and h.producer is not None and h.name is None:
                     h.name = name
                 env[name] = h
+        if group is not None and group.last == i:
+            finish_group(b, group)
+            group = None
     b.node = None
 
 
@@ -416,6 +424,6 @@ def load_onnx(path: str) -> Graph:
         return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
     except CastmlError:
         raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError, RecursionError) as e:
         # hostile files (names never defined, fields of the wrong type) must not leak other errors
         raise ModelFormatError(f"{path}: malformed ONNX model ({type(e).__name__}: {e})") from None

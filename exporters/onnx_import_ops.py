@@ -227,7 +227,12 @@ def _reduce(kind, input_since):
     def imp(b, ins, attrs, n_out):
         x = ins[0]
         axes = reduce_axes(b, ins, attrs, len(shape_of(x)), input_since)
-        return [b.op(kind, [x], axes=axes, keepdims=bool(attrs.get("keepdims", 1)))]
+        keep = bool(attrs.get("keepdims", 1))
+        if isinstance(x, SymInts) and kind == "reduce_prod" and axes == (0,) and not x.scalar:  # Shape → ReduceProd
+            from runtime import dims as D
+
+            return [SymInts([D.product(x.dims)], scalar=not keep)]
+        return [b.op(kind, [x], axes=axes, keepdims=keep)]
     return imp
 
 
@@ -332,11 +337,12 @@ IMPORTERS = {
 
 
 def _register_families() -> None:
-    from . import onnx_import_ops_control, onnx_import_ops_nn, onnx_import_ops_shape
+    from . import onnx_import_ops_control, onnx_import_ops_nn, onnx_import_ops_scatter, onnx_import_ops_shape
 
     IMPORTERS.update(onnx_import_ops_shape.IMPORTERS)
     IMPORTERS.update(onnx_import_ops_nn.IMPORTERS)
     IMPORTERS.update(onnx_import_ops_control.IMPORTERS)
+    IMPORTERS.update(onnx_import_ops_scatter.IMPORTERS)
 
 
 _register_families()

@@ -12,12 +12,14 @@ from . import (
     onnx_lowering_control,
     onnx_lowering_elementwise,
     onnx_lowering_nn,
+    onnx_lowering_random,
     onnx_lowering_reduce,
     onnx_lowering_shape,
 )
 
 LOWERINGS = {**onnx_lowering_elementwise.LOWERINGS, **onnx_lowering_reduce.LOWERINGS,
-             **onnx_lowering_shape.LOWERINGS, **onnx_lowering_nn.LOWERINGS, **onnx_lowering_control.LOWERINGS}
+             **onnx_lowering_shape.LOWERINGS, **onnx_lowering_nn.LOWERINGS, **onnx_lowering_control.LOWERINGS,
+             **onnx_lowering_random.LOWERINGS}
 
 # `gemm`/`fused_conv` may also get lowerings from `ir.passes.fused_facets`; whichever is attached
 # first is kept, so importing the two in either order gives one lowering per op.

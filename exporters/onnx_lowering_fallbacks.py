@@ -200,3 +200,13 @@ DECOMPOSITIONS = {
     "GlobalAveragePool": _global_pool("ReduceMean"), "GlobalMaxPool": _global_pool("ReduceMax"),
     "InstanceNormalization": _instance_norm,
 }
+
+
+def _register_float64() -> None:
+    from .onnx_lowering_float64 import DECOMPOSITIONS as FLOAT64
+
+    for key, fn in FLOAT64.items():
+        DECOMPOSITIONS.setdefault(key, fn)
+
+
+_register_float64()

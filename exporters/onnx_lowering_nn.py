@@ -99,9 +99,15 @@ def _activation(cx, x: str, act: str, out: str) -> None:
 
 
 def gemm(cx, op, ins, outs):
-    y = cx.node("MatMul", ins[:2])
-    if len(ins) == 3:
-        y = cx.node("Add", [y, ins[2]])
+    # a 2-D float product is ONNX Gemm (one node; runtimes prepack its constant B); a stack of
+    # matrices, an integer product or a bias-less Gemm before opset 11 stays MatMul (+ Add)
+    a = op.inputs[0]
+    if a.type.rank == 2 and a.dtype.kind == "f" and (len(ins) == 3 or cx.opset >= 11):
+        y = cx.node("Gemm", ins)
+    else:
+        y = cx.node("MatMul", ins[:2])
+        if len(ins) == 3:
+            y = cx.node("Add", [y, ins[2]])
     _activation(cx, y, op.attrs["activation"], outs[0])
 
 
@@ -113,3 +119,26 @@ def fused_conv(cx, op, ins, outs):
 
 
 LOWERINGS.update({"gemm": gemm, "fused_conv": fused_conv})
+
+
+def fused_elementwise(cx, op, ins, outs):
+    """The region's ops inline, its parameters named by the op's inputs: ONNX runtimes fuse
+    elementwise chains themselves, so a subgraph would only hide the chain from them."""
+    body = op.regions[0]
+    for p, name in zip(body.inputs, ins):
+        cx.names[id(p)] = name
+    params = {id(p) for p in body.inputs}
+    direct = {}  # region outputs the last op can write under the op's own output names
+    for v, name in zip(body.outputs, outs):
+        if id(v) not in params and id(v) not in cx.names and id(v) not in direct:
+            direct[id(v)] = name
+    cx.names.update(direct)
+    saved = cx.op
+    cx.lower_ops(body.ops)
+    cx.op = saved
+    for v, name in zip(body.outputs, outs):
+        if cx.names[id(v)] != name:  # a parameter, an outer value, an initializer or a repeated output
+            cx.node("Identity", [cx.names[id(v)]], name, dtype=v.dtype)
+
+
+LOWERINGS["fused_elementwise"] = fused_elementwise

@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime import pytree
 
+from .registry import get_op
 from .types import TensorType
 
 
@@ -58,8 +59,6 @@ class Op:
     def __init__(self, kind: str, inputs: Sequence[Value], attrs: dict[str, Any] | None = None,
                  regions: Sequence[Region] = (), loc: str | None = None,
                  output_types: Sequence[TensorType] | None = None):
-        from .registry import get_op
-
         self.kind = kind
         self.inputs = tuple(inputs)
         self.attrs = dict(attrs or {})

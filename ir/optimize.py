@@ -15,6 +15,7 @@ from .passes import (
     ConstantFolding,
     DedupConstants,
     FuseConv,
+    FuseElementwise,
     FuseLinear,
     OptimizeReport,
     Pass,
@@ -24,8 +25,10 @@ from .passes import (
 )
 
 
-def default_passes(fuse: bool = True) -> list[Pass]:
-    """The passes of `optimize`, in order (`fuse=False` leaves out recognition and fusion).
+def default_passes(fuse: bool = True, elementwise: bool = True) -> list[Pass]:
+    """The passes of `optimize`, in order (`fuse=False` leaves out recognition and fusion,
+    `elementwise=False` only the fusion of elementwise chains, for runtimes without a
+    `fused_elementwise` kernel such as the native one).
 
     >>> [p.name for p in default_passes(fuse=False)]
     ['dce', 'shapes', 'fold', 'algebra', 'cse', 'dedup', 'dce']
@@ -34,15 +37,19 @@ def default_passes(fuse: bool = True) -> list[Pass]:
                           DedupConstants()]
     if fuse:
         passes += [RecognizePatterns(), FuseConv(), FuseLinear()]
+        if elementwise:
+            passes.append(FuseElementwise())
     return passes + [DCE()]
 
 
 def optimize(g: Graph, report: bool = False, passes: list[Pass] | None = None, fuse: bool = True,
-             debug: bool | None = None) -> Graph | tuple[Graph, OptimizeReport]:
+             debug: bool | None = None, elementwise: bool = True) -> Graph | tuple[Graph, OptimizeReport]:
     """A new, optimized graph computing the same results as `g` (which is left untouched).
 
     With `report=True`, returns `(graph, report)`; the report has, per pass, ops before and
     after, runs, and time. `debug=True` (or `CASTML_DEBUG=1`) verifies the graph after every pass.
+    `elementwise=False` keeps elementwise chains unfused (the native runtime has no
+    `fused_elementwise` kernel).
 
     >>> import numpy as np, tracer, ir
     >>> g = tracer.trace(lambda x: (x + 0.0) * (x + 0.0), np.zeros(3))
@@ -52,6 +59,6 @@ def optimize(g: Graph, report: bool = False, passes: list[Pass] | None = None, f
       return %0
     }
     """
-    pm = PassManager(passes if passes is not None else default_passes(fuse), debug=debug)
+    pm = PassManager(passes if passes is not None else default_passes(fuse, elementwise), debug=debug)
     out = pm.run(g).graph
     return (out, pm.report) if report else out

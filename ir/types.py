@@ -5,6 +5,7 @@ Short dtype names (`f32`, `i64`, `b1`) are the IR's spelling in text and error m
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +58,13 @@ class TensorType:
     shape: tuple[Dim, ...]
 
     def __post_init__(self):
-        object.__setattr__(self, "dtype", as_dtype(self.dtype))
-        object.__setattr__(self, "shape", tuple(D.parse_dim(_check_dim(d)) for d in self.shape))
+        # fast path (tracing creates one type per op): a supported native dtype and plain dims
+        dt = self.dtype
+        if not (isinstance(dt, np.dtype) and dt.isnative and dt in DTYPE_NAMES):
+            object.__setattr__(self, "dtype", as_dtype(dt))
+        shape = self.shape
+        if type(shape) is not tuple or not all(type(d) is int and d >= 0 for d in shape):
+            object.__setattr__(self, "shape", tuple(_canonical_dim(d) for d in shape))
 
     @property
     def rank(self) -> int:
@@ -75,6 +81,20 @@ class TensorType:
 
     def __repr__(self) -> str:
         return f"TensorType({self})"
+
+
+def _canonical_dim(d) -> Dim:
+    """A checked dim in canonical form; symbolic strings are parsed once and cached."""
+    if type(d) is int and d >= 0:
+        return d
+    if type(d) is str:
+        return _canonical_str_dim(d)
+    return D.parse_dim(_check_dim(d))
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_str_dim(d: str) -> Dim:
+    return D.parse_dim(_check_dim(d))
 
 
 def _check_dim(d) -> Dim:

@@ -25,7 +25,8 @@ from .layers_core import (
                           merge,
                           trainable,
 )
+from .layers_recurrent import GRU, GRUCell
 
 __all__ = ["Module", "Sequential", "Linear", "ReLU", "GELU", "Flatten", "Dropout", "Embedding", "LayerNorm",
            "Conv2d", "BatchNorm2d", "MaxPool2d", "GlobalAvgPool2d", "MultiHeadAttention",
-           "TransformerEncoderLayer", "ModelError", "cast_params", "merge", "trainable"]
+           "TransformerEncoderLayer", "GRUCell", "GRU", "ModelError", "cast_params", "merge", "trainable"]

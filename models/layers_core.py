@@ -262,9 +262,11 @@ class Flatten(Module):
 class Dropout(Module):
     """Zeroes a fraction `p` of the activations in training, scaling the rest by 1/(1-p).
 
-    Evaluation mode is the identity. Training mode draws masks from `np.random.default_rng(seed)`
-    when run eagerly; under tracing it raises `TraceError` (a traced mask would be frozen into the
-    graph; traced RNG ops are not available yet).
+    Evaluation mode is the identity. Training mode uses `tracer.ops.dropout`: inside
+    `models.rng.seed_scope(seed)` (as `models.fit` traces its step, with a new seed every step)
+    the mask comes from that seed, so traced steps draw new masks; outside a scope, eager calls
+    draw a fresh seed from `np.random.default_rng(seed)` and traced calls raise `TraceError` (the
+    mask would be frozen into the graph).
 
     >>> Dropout(0.5)(np.ones(3)).tolist()
     [1.0, 1.0, 1.0]
@@ -277,13 +279,17 @@ class Dropout(Module):
         self.rng = np.random.default_rng(seed)
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        from . import rng
+
         if not train or self.p == 0.0:
             return x
+        if rng.current_seed() is not None:
+            return ops.dropout(x, self.p, rng.current_seed(), stream=rng.next_stream())
         if isinstance(x, Tracer):
-            raise TraceError("Dropout in training mode cannot be traced yet: its mask would be frozen into "
-                             "the graph; trace with train=False or use p=0")
-        keep = self.rng.random(np.shape(x)) >= self.p
-        return np.where(keep, x / (1.0 - self.p), 0.0).astype(np.asarray(x).dtype)
+            raise TraceError("Dropout in training mode traced without a seed: its mask would be frozen into the "
+                             "graph; trace inside models.rng.seed_scope(seed) with a traced seed (as models.fit "
+                             "does), or trace with train=False")
+        return ops.dropout(x, self.p, self.rng.integers(0, 2**63 - 1))
 
 
 class Embedding(Module):

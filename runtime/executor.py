@@ -62,7 +62,7 @@ def _has_symbols(v: Any) -> bool:
 
 class _Step:
     __slots__ = ("kernel", "inputs", "outputs", "attrs", "sym_attrs", "fresh", "label", "free", "kind",
-                 "regions")
+                 "regions", "out_kernel", "out0")
 
     def __init__(self, spec: StepSpec, bound: set[str], regions: list[Program]):
         self.kind = spec.kind
@@ -89,6 +89,9 @@ class _Step:
         self.label = spec.label or spec.kind
         self.free: tuple[int, ...] = ()
         self.regions = regions
+        # set by runtime.memory.use_memory_plan: `fn(*ins, out=buffer, **attrs)` for planned outputs
+        self.out_kernel: Callable | None = None
+        self.out0 = self.outputs[0] if len(self.outputs) == 1 else None  # the slot of a single output
 
 
 class Program:
@@ -96,8 +99,8 @@ class Program:
 
     >>> t = TypeSpec(np.dtype(np.float64), ())
     >>> p = Program(ProgramSpec([0], [t], [StepSpec("mul", [0, 0], [1], {}, [t])], [1]))
-    >>> p.run([np.array(2.0)])
-    [array(4.)]
+    >>> [float(y) for y in p.run([np.array(2.0)])]
+    [4.0]
     """
 
     def __init__(self, spec: ProgramSpec, outer_bound: set[str] | None = None):
@@ -119,7 +122,15 @@ class Program:
         self.num_slots = (max(ids) + 1) if ids else 0
         # regions write their own values into the shared slots, so make room for them too
         self.num_slots = max([self.num_slots] + [r.num_slots for s in self.steps for r in s.regions])
+        # a runtime.memory.BufferPlanner when the steps write into planned arenas (runtime.Session)
+        self.planner: Any = None
         self._plan_frees()
+        # constants are stored once: a call puts them in their slots instead of running a kernel
+        # (a profiled call still runs them, so every op shows up in the profile)
+        stored = [s.kind == "constant" and s.out0 is not None and "value" in s.attrs and not s.sym_attrs
+                  for s in self.steps]
+        self._consts = [(s.out0, s.attrs["value"]) for s, c in zip(self.steps, stored) if c]
+        self._work = [(j, s) for j, (s, c) in enumerate(zip(self.steps, stored)) if not c]
 
     def _plan_frees(self) -> None:
         last: dict[int, int] = {}
@@ -190,39 +201,70 @@ class Program:
 
     def execute(self, arrays: Sequence[np.ndarray], env: dict[str, int], slots: list | None = None,
                 hook: Callable | None = None) -> list:
-        """Run with checked inputs and bound symbols (used by regions and by `run`)."""
+        """Run with checked inputs and bound symbols (used by regions and by `run`).
+
+        With a memory plan attached, the call takes an arena of its own, planned steps write
+        into it, and results that could alias it are copied before it is given back.
+        """
         if slots is None:
             slots = [None] * self.num_slots
         for i, a in zip(self.inputs, arrays):
             slots[i] = a
+        planner = self.planner
+        arena = planner.take(env) if planner is not None else None
+        try:
+            self._loop(slots, env, arena.buffers if arena is not None else None, hook)
+            outs = [slots[i] for i in self.outputs]
+            if arena is not None:
+                data = arena.data
+                outs = [o.copy() if isinstance(o, np.ndarray) and np.may_share_memory(o, data) else o
+                        for o in outs]
+        finally:
+            if arena is not None:
+                planner.give(arena)
+        return outs
+
+    def _loop(self, slots: list, env: dict[str, int], buffers: list | None, hook: Callable | None) -> None:
+        s = None
+        if hook is None:
+            work = self._work
+            for i, value in self._consts:
+                slots[i] = value
+        else:
+            work = enumerate(self.steps)
         with np.errstate(all="ignore"):
-            for s in self.steps:
-                ins = [slots[i] for i in s.inputs]
-                attrs = s.attrs
-                if s.sym_attrs:
-                    attrs = dict(attrs)
-                    for k in s.sym_attrs:
-                        attrs[k] = tuple(D.evaluate(d, env) for d in attrs[k])
-                try:
-                    if s.regions:
+            try:
+                for j, s in work:
+                    ins = [slots[i] for i in s.inputs]
+                    attrs = s.attrs
+                    if s.sym_attrs:
+                        attrs = dict(attrs)
+                        for k in s.sym_attrs:
+                            attrs[k] = tuple(D.evaluate(d, env) for d in attrs[k])
+                    if buffers is not None and buffers[j] is not None:
+                        out = s.out_kernel(*ins, out=buffers[j], **attrs)
+                    elif s.regions:
                         out = s.kernel(s, ins, env, slots, **attrs)
                     else:
                         out = s.kernel(*ins, **attrs)
-                except CastmlError:
-                    raise
-                except Exception as e:
-                    raise KernelError(f"while executing {s.label}: {type(e).__name__}: {e}") from e
-                if len(s.outputs) == 1:
-                    out = (out,)
-                for i, o in zip(s.outputs, out):
-                    slots[i] = o
-                for oi, axis, sym in s.fresh:
-                    env[sym] = np.shape(out[oi])[axis]
-                if hook is not None:
-                    hook(s, out)
-                for i in s.free:
-                    slots[i] = None
-        return [slots[i] for i in self.outputs]
+                    if s.out0 is not None:
+                        slots[s.out0] = out
+                        if s.fresh:
+                            for _, axis, sym in s.fresh:
+                                env[sym] = np.shape(out)[axis]
+                    else:
+                        for i, o in zip(s.outputs, out):
+                            slots[i] = o
+                        for oi, axis, sym in s.fresh:
+                            env[sym] = np.shape(out[oi])[axis]
+                    if hook is not None:
+                        hook(s, (out,) if s.out0 is not None else out)
+                    for i in s.free:
+                        slots[i] = None
+            except CastmlError:
+                raise
+            except Exception as e:
+                raise KernelError(f"while executing {s.label}: {type(e).__name__}: {e}") from e
 
 
 def _safe_scalar(a: Any, arr: np.ndarray, dtype: np.dtype) -> bool:

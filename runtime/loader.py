@@ -22,6 +22,7 @@ import numpy as np
 
 from . import dims as D
 from . import format as F
+from . import limits as L
 from . import pytree
 from .errors import ModelFormatError
 from .executor import ProgramSpec, StepSpec, TypeSpec
@@ -136,11 +137,11 @@ class _Decoder:
         except KeyError:
             self.fail(f"unknown dtype code {code}; known: {sorted(F.DTYPES_BY_CODE)}")
 
-    def dim(self, d) -> int | str:
+    def dim(self, d, signed: bool = False) -> int | str:
         expr = d.Expr()
         if expr is None:
             size = d.Size()
-            if size < 0:
+            if size < 0 and not signed:  # (dims attributes hold slice bounds: -1 is a valid stop)
                 self.fail(f"dim {size} is negative")
             return size
         text = self.text(expr)
@@ -155,8 +156,8 @@ class _Decoder:
         return canon
 
     def shape(self, n: int, get) -> tuple:
-        if n > F.MAX_RANK:
-            self.fail(f"rank {n} exceeds the maximum {F.MAX_RANK}")
+        if n > L.current().max_rank:
+            self.fail(f"rank {n} exceeds the maximum {L.current().max_rank} ({L.how_to_raise('max_rank')})")
         base = self.where
         out = []
         for j in range(n):
@@ -169,6 +170,9 @@ class _Decoder:
     def model(self, verify_hash: bool) -> ModelDef:
         buf = self.buf
         size = len(buf)
+        if size > L.current().max_file_bytes:
+            raise ModelFormatError(f"the model is {size} bytes, more than max_file_bytes = "
+                                   f"{L.current().max_file_bytes} ({L.how_to_raise('max_file_bytes')})")
         if size < 8 or bytes(buf[4:8]) != F.FILE_IDENTIFIER:
             got = bytes(buf[4:8]) if size >= 8 else bytes(buf[:8])
             raise ModelFormatError(f"file identifier (offset 4): expected {F.FILE_IDENTIFIER!r}, got {got!r}"
@@ -195,9 +199,17 @@ class _Decoder:
                                        f"(stored {data_hash!r:.80}, computed {got!r}); the file is corrupt")
         self.where = "Model.producer"
         producer = self.text(m.Producer())
+        spans = []
         for t in range(m.TensorsLength()):
             self.where = f"Model.tensors[{t}]"
             self.tensors.append(self.tensor(m.Tensors(t), data_offset, data_length))
+            if self.tensors[-1].nbytes:
+                spans.append((m.Tensors(t).Offset(), m.Tensors(t).Length(), t))
+        spans.sort()
+        for (o1, n1, t1), (o2, _, t2) in zip(spans, spans[1:]):
+            if o2 < o1 + n1:  # the writer stores each distinct constant once, in its own buffer
+                raise ModelFormatError(f"Model.tensors[{t2}]: buffer at {o2} overlaps Model.tensors[{t1}] "
+                                       f"({o1}+{n1})")
         entries: dict[str, GraphDef] = {}
         for e in range(m.EntriesLength()):
             self.where = f"Model.entries[{e}].name"
@@ -215,8 +227,8 @@ class _Decoder:
     def tensor(self, t, data_offset: int, data_length: int) -> np.ndarray:
         dtype = self.dtype(t.Dtype())
         n = t.ShapeLength()
-        if n > F.MAX_RANK:
-            self.fail(f"rank {n} exceeds the maximum {F.MAX_RANK}")
+        if n > L.current().max_rank:
+            self.fail(f"rank {n} exceeds the maximum {L.current().max_rank} ({L.how_to_raise('max_rank')})")
         shape = tuple(int(d) for d in t.ShapeAsNumpy()) if n else ()
         count = 1
         for d in shape:
@@ -306,8 +318,9 @@ class _Decoder:
         ops = []
         n_ops = r.OpsLength()
         self.op_count += n_ops
-        if self.op_count > F.MAX_OPS:
-            raise ModelFormatError(f"{where}.ops: more than {F.MAX_OPS} ops in the model")
+        if self.op_count > L.current().max_ops:
+            raise ModelFormatError(f"{where}.ops: more than {L.current().max_ops} ops in the model "
+                                   f"({L.how_to_raise('max_ops')})")
         for j in range(n_ops):
             ops.append(self.op(r.Ops(j), f"{where}.ops[{j}]", num_values))
         self.where = f"{where}.outputs"
@@ -361,7 +374,7 @@ class _Decoder:
         if kind == "floats":
             return name, tuple(float(x) for x in a.FloatsAsNumpy()) if a.FloatsLength() else ()
         if kind == "dims":
-            return name, tuple(self.dim(a.Dims(j)) for j in range(a.DimsLength()))
+            return name, tuple(self.dim(a.Dims(j), signed=True) for j in range(a.DimsLength()))
         index = a.Tensor()
         if index >= len(self.tensors):
             self.fail(f"tensor index {index} is out of range ({len(self.tensors)} tensors)")
@@ -371,7 +384,7 @@ class _Decoder:
 class _Scopes:
     """Checks SSA and scoping: each value defined once, used only where visible and after its
     definition; each region other than the body used by exactly one op of an earlier region,
-    nested at most `MAX_REGION_DEPTH` deep."""
+    nested at most `limits.max_region_depth` deep."""
 
     def __init__(self, dec: _Decoder, gd: GraphDef, where: str):
         self.dec, self.gd, self.where = dec, gd, where
@@ -400,8 +413,9 @@ class _Scopes:
             self.fail(f"regions[{unused[0]}]", "region is not referenced by any op")
 
     def walk(self, k: int, depth: int) -> None:
-        if depth > F.MAX_REGION_DEPTH:
-            self.fail(f"regions[{k}]", f"regions nest deeper than {F.MAX_REGION_DEPTH}")
+        if depth > L.current().max_region_depth:
+            self.fail(f"regions[{k}]", f"regions nest deeper than {L.current().max_region_depth} "
+                                       f"({L.how_to_raise('max_region_depth')})")
         r = self.gd.regions[k]
         where = f"regions[{k}]"
         local: list[int] = []

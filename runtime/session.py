@@ -17,16 +17,59 @@ from typing import Any
 
 import numpy as np
 
-from . import pytree
-from .errors import CastmlError, RuntimeInputError
+from . import dims as D
+from . import limits, pytree
+from .errors import CastmlError, ModelFormatError, RuntimeInputError
 from .executor import Program
 from .loader import GraphDef, ModelDef, load_model, program_spec
-from .memory import MemoryPlan, plan_memory
+from .memory import MemoryPlan, _lifetimes, plan_memory, use_memory_plan
 
 TensorInfo = namedtuple("TensorInfo", ["name", "dtype", "shape"])
 ProfileRow = namedtuple("ProfileRow", ["op", "kind", "calls", "seconds"])
 
 _MISSING = object()
+
+
+def _guard(program: Program, spec: Any) -> None:
+    """Wrap the kernels of `program` and its regions with `limits.guard_kernel`."""
+    for step, s in zip(program.steps, spec.steps):
+        n_out = len(step.outputs)
+        if step.regions:
+            for r, rs in zip(step.regions, s.regions):
+                _guard(r, rs)
+            step.kernel = limits.guard_arity(step.kernel, step.label, n_out)
+            continue
+        if step.kind == "constant":  # a view of the file, bounded by max_file_bytes
+            continue
+        itemsize = max((np.dtype(t.dtype).itemsize for t in s.out_types), default=1)
+        step.kernel = limits.guard_kernel(step.kernel, step.kind, step.label, itemsize, n_out)
+        if step.out_kernel is not None:  # (kernels writing into a planned arena still pad or copy)
+            step.out_kernel = limits.guard_kernel(step.out_kernel, step.kind, step.label, itemsize, n_out)
+
+
+def _check_symbols(spec: Any, bound: set[str], where: str) -> None:
+    """Every symbol an input dim or a symbolic attribute mentions must be bound when it is read:
+    by a bare-symbol input dim, or by an earlier op's data-dependent output size (as the
+    executor binds them); a file that says otherwise is malformed."""
+    bound = set(bound)
+    for t in spec.input_types:
+        bound.update(d for d in t.shape if D.is_symbol(d))
+    for t in spec.input_types:
+        for d in t.shape:
+            if D.symbols(d) - bound:
+                raise ModelFormatError(f"{where}: input dim {d!r} uses symbols {sorted(D.symbols(d) - bound)} "
+                                       f"that no input binds")
+    for s in spec.steps:
+        fresh = {d for t in s.out_types for d in t.shape if D.is_symbol(d) and d not in bound}
+        for name, v in s.attrs.items():
+            if isinstance(v, tuple):
+                unbound = set().union(*(D.symbols(d) for d in v if isinstance(d, str))) - bound - fresh
+                if unbound:
+                    raise ModelFormatError(f"{where}: {s.label}: attribute {name!r} uses symbols {sorted(unbound)} "
+                                           f"that are not bound before it runs")
+        for r in s.regions:
+            _check_symbols(r, bound, where)
+        bound |= fresh
 
 
 class _Entry:
@@ -35,6 +78,7 @@ class _Entry:
     def __init__(self, name: str, gd: GraphDef):
         self.name = name
         self.spec = program_spec(gd)
+        _check_symbols(self.spec, set(), f"entry {name!r}")
         self.program = Program(self.spec)
         self.in_tree, self.out_tree = gd.in_tree, gd.out_tree
         self.arg_names = list(gd.arg_names)
@@ -47,6 +91,23 @@ class _Entry:
         self.outputs = [TensorInfo(n, gd.values[i].dtype, gd.values[i].shape)
                         for n, i in zip(gd.output_names, r.outputs)]
         self.metadata = dict(gd.metadata)
+        use_memory_plan(self.spec, self.program)  # planned steps write into per-call arenas
+        # limits: every kernel refuses outputs beyond max_tensor_bytes before allocating them,
+        # and each call's declared values are checked against the limits once its symbols are bound
+        _guard(self.program, self.spec)
+        spans = _lifetimes(self.spec, self.program)
+        self.plan = [(t.dtype, t.shape, *spans[v]) for s in self.spec.steps for v, t in zip(s.outputs, s.out_types)
+                     if v in spans]
+        self.checked_envs: set = set()
+
+    def check_limits(self, env: dict) -> None:
+        """Refuse a call whose planned values exceed the limits (once per distinct symbol binding)."""
+        key = (limits.current(), tuple(sorted(env.items())))
+        if key not in self.checked_envs:
+            limits.check_plan(self.plan, env, f"entry {self.name!r}")
+            if len(self.checked_envs) > 1024:
+                self.checked_envs.clear()
+            self.checked_envs.add(key)
 
     def leaves(self, args: tuple, kwargs: dict) -> list:
         """Match arguments (positional, or keywords by parameter name) and flatten them."""
@@ -120,6 +181,8 @@ class Session:
     9.0
     """
 
+    backend = "numpy"  # which runtime executes it (runtime.native_backend.NativeSession says "native")
+
     def __init__(self, model: ModelDef, entries: dict[str, _Entry], entry: str | None, profile: bool):
         self._model = model
         self._entries = entries
@@ -167,6 +230,7 @@ class Session:
         """Run the entry on arguments shaped like the traced function's; returns its pytree."""
         e = self._entry
         arrays, env = e.program.bind(e.leaves(args, kwargs))
+        e.check_limits(env)
         if self._profile is None:
             outs = e.program.execute(arrays, env)
         else:
@@ -238,17 +302,41 @@ def set_blas_threads(n: int) -> int:
     return old
 
 
-def load(source: Any, verify: bool = False, profile: bool = False, blas_threads: int | None = None) -> Session:
+def load(source: Any, verify: bool = False, profile: bool = False, blas_threads: int | None = None,
+         backend: str = "numpy") -> Session:
     """Load a `.castml` model from a path (memory-mapped), bytes or memoryview.
 
     `verify=True` checks the tensor data against the hash in the file; `profile=True` records
     time per op (`sess.profile()`); `blas_threads` sets OpenBLAS's thread count (process-wide).
+    `backend`: "numpy" (this module), "native" (the C++ runtime, `runtime.native_backend`), or
+    "auto": native when its library is built and runs every op of the model, else NumPy.
+    `sess.backend` says which one runs.
 
     >>> import tracer
     >>> from exporters.castml_format import to_bytes
     >>> load(to_bytes({"a": tracer.trace(lambda x: -x, 1.0)})).entries
     ['a']
     """
+    if backend not in ("auto", "numpy", "native"):
+        raise ValueError(f"backend must be 'auto', 'numpy' or 'native', got {backend!r}")
+    if backend == "native" or (backend == "auto" and not profile):
+        from . import native_backend
+
+        if backend == "native":
+            if profile:
+                raise CastmlError("profile=True needs backend='numpy' (the native runtime keeps no per-op times)")
+            if blas_threads is not None:
+                native_backend.set_threads(blas_threads)
+            return native_backend.load(source, verify)
+        if native_backend.available():
+            try:
+                sess = native_backend.load(source, verify)
+            except CastmlError:  # an op without a native kernel, or a bad file: NumPy decides
+                pass
+            else:
+                if blas_threads is not None:
+                    native_backend.set_threads(blas_threads)
+                return sess
     if blas_threads is not None:
         set_blas_threads(blas_threads)
     model = load_model(source, verify)

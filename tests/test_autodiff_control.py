@@ -300,10 +300,30 @@ def test_a_carried_value_that_changes_shape_is_refused():
         ir.grad(g)
 
 
+def fused_chain(x, w):
+    return np.sum(np.where(x > 0.0, np.tanh(x * w), np.sin(x) * w) * x)
+
+
+def test_fused_elementwise_chain(tmp_path):
+    # ir.optimize turns the chain into one `fused_elementwise` op owning it as a region
+    g = ir.optimize(tracer.trace(fused_chain, TensorSpec((2, 3), np.float64), TensorSpec((3,), np.float64)))
+    assert "fused_elementwise" in kinds(g)
+    gg = ir.grad(g, wrt=(0, 1))
+    ir.verify(gg)
+    path = str(tmp_path / "g.castml")
+    exporters.save(gg, path)
+    args = [np.array([[0.5, -1.0, 2.0], [-0.3, 0.7, -2.0]]), np.array([0.9, -1.1, 0.4])]
+    got = ir.interpret(gg, *args)
+    for a, r in zip(got, fd_gradient(fused_chain, args, (0, 1))):
+        assert_fd_close(a, r, "fused_chain")
+    assert_agree(runtime.load(path).run(*args), got)
+    assert_agree(tuple(tracer.grad(fused_chain, argnums=(0, 1))(*args)), got)
+
+
 def test_every_op_with_regions_has_a_rule_and_is_covered_here():
     region_ops = {k for k, d in ir.REGISTRY.items() if d.num_regions and d.differentiable}
     assert all(ir.get_op(k).vjp is not None for k in region_ops)
-    covered = set()
+    covered = set(kinds(ir.optimize(tracer.trace(fused_chain, np.ones((2, 3)), np.ones(3)))))
     for fn, args in ((branchy, (np.ones(2), np.ones(2))), (loop_with_if, (np.ones((2, 2)), np.eye(2), np.int64(1)))):
         covered.update(kinds(tracer.trace(fn, *args)))
     assert region_ops <= covered, f"ops with regions without a gradient test here: {sorted(region_ops - covered)}"

@@ -220,12 +220,12 @@ def test_traced_train_step_matches_numpy_reference(engine):
     state = opt.init(p)
     x, y = RNG.standard_normal((10, 6)), RNG.integers(0, 3, 10)
     g = build_train_step(m, losses.cross_entropy, opt, p, state, x[:1], y[:1])
-    assert g.inputs[-1].type.shape == ("batch",)
+    assert g.inputs[-2].type.shape == ("batch",) and g.inputs[-1].type.shape == ()
     step = _compile(g, engine)
     ref_p, ref_buf = p, state["momentum"]
     for i in range(4):
         xb, yb = x[i * 3:i * 3 + 4], y[i * 3:i * 3 + 4]  # batches of 4, the last of 1
-        loss, p, bufs, state = step(p, {}, state, xb, yb)
+        loss, p, bufs, state = step(p, {}, state, xb, yb, np.int64(i))
         ref_loss, ref_p, ref_buf = _mlp_numpy_step(ref_p, ref_buf, xb, yb, 0.2, 0.9, 1e-3)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-6, atol=1e-12)
         for a, b in zip(_leaves(p) + _leaves(state), _leaves(ref_p) + _leaves(ref_buf)):
@@ -278,7 +278,7 @@ def test_train_step_updates_batchnorm_buffers():
     x, y = RNG.standard_normal((5, 1, 4, 4)) + 2.0, RNG.integers(0, 2, 5)
     opt = optim.SGD(0.1)
     g = build_train_step(m, losses.cross_entropy, opt, p, {}, x[:1], y[:1])
-    loss, new_p, new_bufs, _ = ir.interpret(g, nn.trainable(p), buffers_of(p), {}, x, y)
+    loss, new_p, new_bufs, _ = ir.interpret(g, nn.trainable(p), buffers_of(p), {}, x, y, np.int64(0))
     _, upd = m.apply_with_updates(p, x, train=True)
     assert_agree(new_bufs, upd)
     assert_agree(loss, losses.cross_entropy(m.apply(p, x, train=True), y))
@@ -323,3 +323,183 @@ def test_digits_mlp_reaches_95_percent(tmp_path):
     assert_agree(ours, ref)
     assert_agree(theirs, ref)
     assert np.array_equal(ours.argmax(1), theirs.argmax(1))
+
+
+# --- Dropout in traced training steps ----------------------------------------------------------------------------
+
+def test_traced_dropout_step_draws_a_new_mask_per_seed_and_matches_eager():
+    from models.rng import seed_scope
+
+    m = nn.Sequential([nn.Linear(4, 32), nn.Dropout(0.5), nn.ReLU(), nn.Linear(32, 1)])
+    p = m.init(2, np.float64)
+    x, y = RNG.standard_normal((9, 4)), RNG.standard_normal((9, 1))
+    opt = optim.SGD(0.1)
+    g = build_train_step(m, losses.mse, opt, p, {}, x[:1], y[:1])
+    assert "random_uniform" in [op.kind for op in g.ops] and g.arg_names[-1] == "seed"
+    (l0, p0, _, _), (l1, _, _, _), (l0b, p0b, _, _) = (ir.interpret(g, p, {}, {}, x, y, np.int64(s)) for s in (0, 1, 0))
+    assert l0 != l1 and l0 == l0b
+    assert_agree(p0, p0b)
+    with seed_scope(np.int64(1)):  # eager, same seed: the same mask as the traced step
+        assert_agree(l1, losses.mse(m.apply(p, x, train=True), y))
+
+
+def test_two_dropout_layers_draw_independent_masks():
+    from models.rng import seed_scope
+
+    m = nn.Sequential([nn.Dropout(0.5), nn.Dropout(0.5)])
+    x = np.ones((100, 40), np.float32)
+    with seed_scope(3):
+        y = m.apply({}, x, train=True)
+    assert y.dtype == np.float32 and set(np.unique(y).tolist()) <= {0.0, 4.0}
+    assert 0.2 < np.mean(y != 0) < 0.3  # independent masks keep 1/4, equal ones 1/2
+
+
+def test_fit_with_dropout_learns_and_uses_a_seed_per_step():
+    from models.training import step_seed
+
+    assert len({int(step_seed(s, i)) for s in (0, 1) for i in range(1000)}) == 2000
+    x = RNG.standard_normal((64, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+    m = nn.Sequential([nn.Linear(3, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 1)])
+    m.init(0)
+    h = fit(m, "mse", optim.Adam(0.02), (x, y), epochs=30, batch_size=16, verbose=False)
+    assert h.metrics["loss"][-1] < 0.2 * h.metrics["loss"][0], h.metrics["loss"]
+
+
+# --- TensorBoard and CSV logs ---------------------------------------------------------------------------------------
+
+def _crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    c = _crc32c(data)
+    return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _read_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """Parse a TensorBoard event file: TFRecord framing (length, masked CRC32C of the length, data,
+    masked CRC32C of the data), each record an `Event` protobuf."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, pos, out = open(path, "rb").read(), 0, {}
+    while pos < len(data):
+        header = data[pos:pos + 8]
+        (n,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == _masked_crc(header)
+        record = data[pos + 12:pos + 12 + n]
+        assert struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])[0] == _masked_crc(record)
+        pos += 16 + n
+        event = event_pb2.Event.FromString(record)
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_fit_writes_tensorboard_events_and_csv(tmp_path):
+    pytest.importorskip("tensorboardX")
+    x = RNG.standard_normal((40, 3)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.int64)
+    m = nn.Sequential([nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)])
+    m.init(0)
+    h = fit(m, "cross_entropy", optim.SGD(0.1), (x, y), epochs=3, val_data=(x, y), batch_size=16,
+            verbose=False, log_dir=str(tmp_path / "run"))
+    events = sorted((tmp_path / "run").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = _read_scalars(events[0])
+    assert [s for s, _ in scalars["loss"]] == [1, 2, 3]
+    assert_agree(np.array([v for _, v in scalars["loss"]], np.float32), np.array(h.metrics["loss"], np.float32))
+    assert_agree(np.array([v for _, v in scalars["val_accuracy"]], np.float32),
+                 np.array(h.metrics["val_accuracy"], np.float32))
+    assert [s for s, _ in scalars["batch/loss"]] == list(range(1, 10))  # 3 epochs x 3 batches
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [float(r["loss"]) for r in rows] == pytest.approx(h.metrics["loss"], rel=1e-7)
+
+
+def test_fit_without_tensorboardx_writes_csv_and_says_how(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # makes `import tensorboardX` fail
+    m = nn.Linear(2, 1)
+    m.init(0)
+    fit(m, "mse", optim.SGD(0.1), (np.ones((4, 2), np.float32), np.ones((4, 1), np.float32)), epochs=2,
+        verbose=False, log_dir=str(tmp_path))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'castml[train]'" in err and "tensorboardX" in err
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "metrics.csv"))] == ["1", "2"]
+
+
+# --- GRU --------------------------------------------------------------------------------------------------------------
+
+def test_gru_train_step_matches_finite_differences():
+    from runtime import pytree
+
+    m = nn.Sequential([nn.GRU(2, 3), nn.Linear(3, 2)])
+    p = m.init(4, np.float64)
+    x, y = RNG.standard_normal((4, 3, 2)), RNG.integers(0, 2, 4)
+    g = build_train_step(m, losses.cross_entropy, optim.SGD(1.0), p, {}, x[:1], y[:1])
+    loss, new_p, _, _ = ir.interpret(g, p, {}, {}, x, y, np.int64(0))
+    leaves, tree = pytree.flatten(p)
+    got = [a - b for a, b in zip(leaves, pytree.flatten(new_p)[0])]  # lr 1: the gradient
+
+    def loss_at(ls):
+        return losses.cross_entropy(m.apply(pytree.unflatten(tree, ls), x), y)
+
+    assert_agree(loss, loss_at(leaves))
+    for k, leaf in enumerate(leaves):
+        fd = np.zeros_like(leaf)
+        for i in np.ndindex(leaf.shape):
+            for sign in (1, -1):
+                bumped = [v.copy() for v in leaves]
+                bumped[k][i] += sign * 1e-6
+                fd[i] += sign * loss_at(bumped) / 2e-6
+        np.testing.assert_allclose(got[k], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_gru_cell_and_errors():
+    cell = nn.GRUCell(3, 2)
+    p = cell.init(0, np.float64)
+    assert {k: v.shape for k, v in p.items()} == {"weight_ih": (3, 6), "weight_hh": (2, 6), "bias_ih": (6,),
+                                                  "bias_hh": (6,)}
+    x, h = RNG.standard_normal((5, 3)), RNG.standard_normal((5, 2))
+    gru = nn.GRU(3, 2)
+    seq = gru.apply({"cell": p}, x[:, None, :])
+    assert_agree(cell.apply(p, (x, np.zeros((5, 2)))), seq)
+    assert cell.apply(p, (x, h)).shape == (5, 2)
+    with pytest.raises(nn.ModelError, match=r"expected \(x, h\)"):
+        cell.apply(p, x)
+    with pytest.raises(nn.ModelError, match=r"expected input \(batch, seq, 3\)"):
+        gru.apply({"cell": p}, x)
+
+
+def test_call_graph_inlines_a_scripted_loop():
+    m = nn.GRU(3, 4)
+    p = m.init(0)
+    g = tracer.trace(lambda x: m.apply(p, x), tracer.TensorSpec(("batch", "seq", 3), np.float32))
+    assert "loop" in [op.kind for op in g.ops]
+    h = tracer.trace(lambda x: call_graph(g, x) * 2.0, tracer.TensorSpec(("batch", "seq", 3), np.float32))
+    x = RNG.standard_normal((2, 5, 3)).astype(np.float32)
+    assert_agree(ir.interpret(h, x), 2.0 * m.apply(p, x))
+
+
+def test_cli_demo_train_reaches_95_percent_and_engines_agree(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    import argparse
+
+    from castml_cli import cmd_demo
+
+    args = argparse.Namespace(out_dir=str(tmp_path), no_ir=False, train=True, epochs=15)
+    assert cmd_demo.run(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("epoch ") == 15 and "epoch 15/15" in captured.err
+    assert "same class for 360/360 images" in captured.out and "demo: all results agree" in captured.out
+    assert (tmp_path / "digits.castml").exists() and (tmp_path / "digits.onnx").exists()
+    assert (tmp_path / "logs" / "metrics.csv").exists()

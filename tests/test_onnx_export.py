@@ -200,7 +200,8 @@ def test_every_registered_op_has_an_onnx_lowering():
 
 
 def test_float64_conv_is_refused_with_op_dtype_and_line():
-    g = tracer.trace(lambda x: nn.conv2d(x, W4.astype(np.float64)), X4.astype(np.float64))
+    # (static spatial dims are rewritten as im2col + MatMul: tests/test_onnx_float64.py)
+    g = tracer.trace(lambda x: nn.conv2d(x, W4.astype(np.float64)), tracer.TensorSpec((2, 3, "h", "w"), np.float64))
     with pytest.raises(exporters.ExportError, match=r"Conv on float64.*test_onnx_export.py:\d+"):
         exporters.to_onnx(g)
     m = exporters.to_onnx(g, target=None)  # plain ONNX for other consumers

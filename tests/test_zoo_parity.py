@@ -85,3 +85,97 @@ def test_onnxruntime_matches_eager(traced):
         assert len(leaves) == len(names)
         (out,) = sess.run(None, dict(zip(names, leaves)))
         assert_agree(out, refs[b])
+
+
+# --- gru: one export with a symbolic batch AND a symbolic sequence length ------------------------------------------
+
+@pytest.fixture(scope="module")
+def gru_traced():
+    fn, (x, params) = zoo.gru.build(seed=0)
+    g = tracer.trace(fn, tracer.TensorSpec(("batch", "seq", x.shape[2]), x.dtype), params)
+    rng = np.random.default_rng(7)
+    inputs = [rng.standard_normal((b, s, x.shape[2])).astype(np.float32) for b, s in ((1, 1), (1, 9), (7, 6), (7, 23))]
+    return fn, params, g, inputs
+
+
+def test_gru_is_one_scripted_loop_over_a_symbolic_length(gru_traced):
+    _, _, g, _ = gru_traced
+    assert [op.kind for op in g.ops].count("loop") == 1
+    assert g.inputs[0].type.shape[:2] == ("batch", "seq")
+    assert ir.parse(g.to_text()) == g
+
+
+def test_gru_parity_at_any_batch_and_length(gru_traced):
+    ort = pytest.importorskip("onnxruntime")
+    import exporters
+    import runtime
+    from exporters.castml_format import to_bytes
+    from runtime import pytree
+
+    fn, params, g, inputs = gru_traced
+    sess = runtime.load(to_bytes(g))
+    model = exporters.to_onnx(g)
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim[:2]] == ["batch", "seq"]
+    ort_sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in ort_sess.get_inputs()]
+    for x in inputs:
+        ref = fn(x, params)
+        assert ref.shape == (x.shape[0], zoo.gru.CLASSES)
+        assert_agree(ir.interpret(g, x, params), ref)
+        assert_agree(sess.run(x, params), ref)
+        (out,) = ort_sess.run(None, dict(zip(names, pytree.flatten((x, params))[0])))
+        assert_agree(out, ref)
+
+
+def test_gru_matches_an_unrolled_numpy_reference():
+    from models.layers import GRU
+
+    m = GRU(3, 4, return_sequences=True)
+    p = m.init(1, np.float64)["cell"]
+    x = np.random.default_rng(2).standard_normal((2, 5, 3))
+
+    def sig(v):
+        return 1 / (1 + np.exp(-v))
+
+    h, hs = np.zeros((2, 4)), []
+    for t in range(5):  # PyTorch's nn.GRU equations, gates r, z, n
+        wi, wh = x[:, t] @ p["weight_ih"] + p["bias_ih"], h @ p["weight_hh"] + p["bias_hh"]
+        r, z = sig(wi[:, :4] + wh[:, :4]), sig(wi[:, 4:8] + wh[:, 4:8])
+        n = np.tanh(wi[:, 8:] + r * wh[:, 8:])
+        h = (1 - z) * n + z * h
+        hs.append(h)
+    assert_agree(m(x), np.stack(hs, axis=1))
+    g = tracer.trace(lambda x: m.apply(m.params, x), tracer.TensorSpec((2, "seq", 3), np.float64))
+    assert_agree(ir.interpret(g, x), np.stack(hs, axis=1))
+    assert_agree(ir.interpret(g, x[:, :0]), np.zeros((2, 0, 4)))
+
+
+# --- the table in docs/models.md ---------------------------------------------------------------------------------
+
+def test_docs_parity_table_lists_every_model_and_no_failure():
+    import pathlib
+
+    doc = (pathlib.Path(__file__).parent.parent / "docs" / "models.md").read_text()
+    table = doc.split("<!-- parity:begin -->")[1].split("<!-- parity:end -->")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert {r.split("`")[1] for r in rows} == set(zoo.MODELS)
+    assert "FAIL" not in table
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")][2:]
+        assert cells and all(c.startswith(("ok ", "n/a")) for c in cells), r
+        assert not cells[-1].startswith("n/a")  # onnxruntime always runs
+
+
+def test_parity_table_script_measures_and_flags(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from bench import parity_table
+
+    header, rows, ok = parity_table.measure(["mlp"], (1,))
+    assert ok and header[:2] == ["model", "input"] and "onnxruntime" in header and len(rows) == 1
+    assert parity_table.agreement(np.float32([1, 2]), np.float32([1, 2.1])) == pytest.approx((0.1 / 2.1, False),
+                                                                                             rel=1e-6)
+    doc = tmp_path / "m.md"
+    doc.write_text(f"x\n{parity_table.BEGIN}\nold\n{parity_table.END}\ny\n")
+    parity_table.write_between_markers(str(doc), parity_table.to_markdown(header, rows))
+    text = doc.read_text()
+    assert "old" not in text and "| `mlp` | batch 1 |" in text and text.endswith("y\n")

@@ -26,9 +26,11 @@ _state = threading.local()
 
 
 def _stack() -> list:
-    if not hasattr(_state, "stack"):
+    try:
+        return _state.stack
+    except AttributeError:
         _state.stack = []
-    return _state.stack
+        return _state.stack
 
 
 class TraceContext:
@@ -190,16 +192,24 @@ class Tracer:
     def tolist(self):
         return self._concrete_or_raise(".tolist()").tolist()
 
-    # dispatch: see tracer.numpy_api
+    # dispatch: see tracer.numpy_api (imported on first use: it imports this module; a
+    # function-level import on every traced op costs ~1 us of import machinery)
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        from .numpy_api import dispatch_ufunc
-
-        return dispatch_ufunc(ufunc, method, inputs, kwargs)
+        return (_api or _load_api()).dispatch_ufunc(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        from .numpy_api import dispatch_function
+        return (_api or _load_api()).dispatch_function(func, args, kwargs)
 
-        return dispatch_function(func, args, kwargs)
+
+_api = None
+
+
+def _load_api():
+    global _api
+    from . import numpy_api
+
+    _api = numpy_api
+    return _api
 
 
 def is_tracer(x: Any) -> bool:
@@ -228,7 +238,7 @@ def lift(x: Any, ctx: TraceContext, dtype: np.dtype | None = None) -> Tracer:
     if isinstance(x, Tracer):
         if x._ctx is not ctx:
             x = ctx.capture(x) if _is_outer(x._ctx, ctx) else _foreign(x)
-        return x if dtype is None or x.dtype == dtype else astype(x, dtype)
+        return x if dtype is None or x._value.type.dtype == dtype else astype(x, dtype)
     weak = weak_python_scalar(x)
     if dtype is not None:
         try:
@@ -263,11 +273,18 @@ def emit(kind: str, inputs: Sequence[Any], attrs: dict | None = None, ctx: Trace
          regions: Sequence[Region] = ()) -> Any:
     """Record one op on the current trace and return tracer(s) for its output(s)."""
     ctx = ctx or context_of(inputs)
-    ins = [lift(x, ctx) for x in inputs]
+    # inputs are mostly tracers of this trace already: only the others go through `lift`
+    ins = [x if type(x) is Tracer and x._ctx is ctx else lift(x, ctx) for x in inputs]
     try:
         op = Op(kind, [t._value for t in ins], attrs, regions, user_location())
     except TypeRuleError as e:
         raise trace_error(str(e)) from None
+    if not ctx.concrete:
+        ctx.region.ops.append(op)
+        outs = op.outputs
+        if len(outs) == 1:
+            return Tracer(ctx, outs[0])
+        return tuple(Tracer(ctx, v) for v in outs)
     concrete = None
     if ctx.concrete:
         vals = [t._concrete for t in ins]

@@ -20,23 +20,48 @@ class TraceError(CastmlError):
     """
 
 
+_USER_FILE: dict[str, bool] = {}  # co_filename -> is user code (decided once per file)
+_BASENAME: dict[str, str] = {}
+
+
+def _is_user_file(name: str) -> bool:
+    user = _USER_FILE.get(name)
+    if user is None:
+        user = _USER_FILE[name] = not (name.startswith(_OURS) or name.startswith(_NUMPY)
+                                       or name.startswith("<frozen"))
+    return user
+
+
 def user_frame():
     """The innermost stack frame that belongs to user code (not castml, not NumPy)."""
     f = sys._getframe(1)
+    known = _USER_FILE
     while f is not None:
         name = f.f_code.co_filename
-        if not name.startswith(_OURS) and not name.startswith(_NUMPY) and not name.startswith("<frozen"):
+        user = known.get(name)
+        if user is None:
+            user = _is_user_file(name)
+        if user:
             return f
         f = f.f_back
     return None
 
 
 def user_location() -> str | None:
-    """`file.py:LINE` of the user code that is running (basename only, so files stay portable)."""
+    """`file.py:LINE` of the user code that is running (basename only, so files stay portable).
+
+    Called once per traced op, so the file checks are cached per file name.
+    """
     f = user_frame()
-    if f is None or f.f_code.co_filename.startswith("<"):
+    if f is None:
         return None
-    return f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
+    name = f.f_code.co_filename
+    base = _BASENAME.get(name)
+    if base is None:
+        base = _BASENAME[name] = "" if name.startswith("<") else os.path.basename(name)
+    if not base:
+        return None
+    return f"{base}:{f.f_lineno}"
 
 
 def trace_error(msg: str, hint: str | None = None) -> TraceError:

@@ -230,5 +230,86 @@ def one_hot(indices: Any, depth: int, dtype: Any = np.float32, axis: int = -1) -
     return _apply("one_hot", [indices], {"depth": int(depth), "axis": int(axis), "dtype": as_dtype(dtype)})
 
 
+# --- randomness with an explicit seed (see ir/ops/random.py) --------------------------------------
+
+def _random(kind: str, shape: Any, seed: Any, stream: int, dtype: Any) -> Any:
+    """Record a random op when the seed or a dim is traced; otherwise run its kernel now."""
+    from ir.types import as_dtype
+
+    from .functions import shape_arg
+
+    shape = (shape,) if isinstance(shape, (int, np.integer, Tracer)) else tuple(shape)
+    if int(stream) < 0:
+        raise ValueError(f"{kind}: stream must be >= 0, got {stream}")
+    attrs = {"stream": int(stream)}
+    if kind != "random_bits":
+        attrs["dtype"] = as_dtype(dtype)
+    if isinstance(seed, Tracer) or any(isinstance(d, Tracer) for d in shape):
+        ctx = context_of([seed, *shape])
+        return emit(kind, [lift(seed, ctx)], {"shape": shape_arg(shape), **attrs}, ctx=ctx)
+    seed = np.asarray(seed)
+    if seed.dtype.kind not in "iu" or seed.ndim != 0:
+        raise ValueError(f"{kind}: the seed must be a 0-d integer, got {seed.dtype} of shape {seed.shape}")
+    return KERNELS[kind](seed, shape=tuple(int(d) for d in shape), **attrs)
+
+
+def random_bits(shape: Any, seed: Any, stream: int = 0) -> Any:
+    """uint32 random bits, a pure function of (seed, stream, element index): the same seed gives
+    the same bits eagerly, in `ir.interpret`, the runtime and onnxruntime.
+
+    >>> random_bits((2,), 0).dtype
+    dtype('uint32')
+    """
+    return _random("random_bits", shape, seed, stream, None)
+
+
+def random_uniform(shape: Any, seed: Any, low: float = 0.0, high: float = 1.0, dtype: Any = np.float32,
+                   stream: int = 0) -> Any:
+    """Uniform floats in [low, high) drawn from an explicit integer `seed` (a traced input in a
+    training step, so each step draws anew); `stream` separates draws sharing one seed.
+
+    >>> u = random_uniform((1000,), seed=3)
+    >>> u.dtype, bool(((0 <= u) & (u < 1)).all())
+    (dtype('float32'), True)
+    """
+    u = _random("random_uniform", shape, seed, stream, dtype)
+    return u if (low, high) == (0.0, 1.0) else low + (high - low) * u
+
+
+def random_normal(shape: Any, seed: Any, mean: float = 0.0, std: float = 1.0, dtype: Any = np.float32,
+                  stream: int = 0) -> Any:
+    """Normal floats (Box-Muller on two counter-based uniforms) from an explicit integer `seed`.
+
+    >>> z = random_normal((20000,), seed=1, dtype=np.float64)
+    >>> abs(float(z.mean())) < 0.05
+    True
+    """
+    z = _random("random_normal", shape, seed, stream, dtype)
+    return z if (mean, std) == (0.0, 1.0) else mean + std * z
+
+
+def dropout(x: Any, rate: float, seed: Any, train: bool = True, stream: int = 0) -> Any:
+    """Zero each element with probability `rate` and scale the rest by 1/(1-rate) (identity when
+    `train` is False or `rate` is 0). The mask comes from `random_uniform(x.shape, seed)`, so a
+    traced step with `seed` as an input draws a new mask every call.
+
+    >>> dropout(np.ones(8, np.float32), 0.5, seed=1).tolist()
+    [0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+    if not train or rate == 0.0:
+        return x
+    dtype = x.dtype if isinstance(x, Tracer) else np.asarray(x).dtype
+    if dtype.kind != "f":
+        raise ValueError(f"dropout: x must be floating, got {dtype}")
+    shape = x._value.type.shape if isinstance(x, Tracer) else np.shape(x)
+    if isinstance(x, Tracer) and not isinstance(seed, Tracer):
+        seed = lift(np.asarray(seed), x._ctx)
+    u = _random("random_uniform", shape, seed, stream, dtype)
+    return np.where(u >= rate, x * (1.0 / (1.0 - rate)), 0.0)
+
+
 __all__ = ["conv", "conv2d", "max_pool", "max_pool2d", "avg_pool", "avg_pool2d", "global_avg_pool2d",
-           "softmax", "log_softmax", "layer_norm", "batch_norm", "gelu", "sigmoid", "relu", "erf", "one_hot"]
+           "softmax", "log_softmax", "layer_norm", "batch_norm", "gelu", "sigmoid", "relu", "erf", "one_hot",
+           "random_bits", "random_uniform", "random_normal", "dropout"]

@@ -48,5 +48,27 @@ def decomposed(expand: Callable[[Builder, Op], Value]) -> Callable:
     return rule
 
 
+def _fused_elementwise(b: Builder, op: Op, cts: list) -> list:
+    """The region's ops re-emitted on the op's inputs, then backpropagated through; returns
+    cotangents for the inputs and then for the values the region captures (see `operands`)."""
+    from .vjp import captured_values
+
+    body = op.regions[0]
+    local = {id(p): x for p, x in zip(body.inputs, op.inputs)}
+    start = len(b.region.ops)
+    for o in body.ops:
+        new = b.region.add_op(o.kind, [local.get(id(v), v) for v in o.inputs], o.attrs, loc=b.loc)
+        local.update({id(a): c for a, c in zip(o.outputs, new.outputs)})
+    seeds = [(local.get(id(y), y), ct) for y, ct in zip(body.outputs, cts) if ct is not None]
+    wanted = list(op.inputs) + captured_values(op)
+    cts_in = backpropagate(b, b.region.ops[start:], seeds, wanted)
+    first = {}  # a value passed twice gets its whole cotangent once
+    for k, v in enumerate(wanted):
+        first.setdefault(id(v), k)
+    return [cts_in.get(id(v)) if first[id(v)] == k else None for k, v in enumerate(wanted)]
+
+
 register_rules({kind: decomposed(fn) for kind, fn in (("gemm", _gemm), ("fused_conv", _fused_conv))
                 if kind in REGISTRY})
+if "fused_elementwise" in REGISTRY:
+    register_rules({"fused_elementwise": _fused_elementwise})

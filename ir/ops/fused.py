@@ -4,6 +4,9 @@ fusion in any runtime, and maps to ONNX `Gemm`/`Conv` followed by the activation
 
 `activation` is one of `ACTIVATIONS`; `gelu` is the exact (erf) GELU, `gelu_tanh` the tanh
 approximation. Kernels: `runtime.kernels.fused`.
+
+`fused_elementwise` owns a chain of elementwise ops as a region (`ir.passes.fuse_elementwise`);
+its kernel (`runtime.kernels.fused_elementwise`) runs the chain into reused buffers.
 """
 
 from __future__ import annotations
@@ -49,3 +52,29 @@ def _fused_conv(ts, attrs, regions):
 
 register("gemm", _gemm, arity=(2, 3), attrs={"activation": "str"})
 register("fused_conv", _fused_conv, arity=(2, 3), attrs={**WINDOW, "group": "int", "activation": "str"})
+
+
+def _fused_elementwise(ts, attrs, regions):
+    """`fused_elementwise(*xs) regions { (%p0, ...) { elementwise ops; yield %y } }`: the region's
+    parameters take the op's inputs (same types); its ops are elementwise (or constants); the
+    op's outputs are what the region yields."""
+    from ..registry import get_op
+
+    (body,) = regions
+    if len(body.inputs) != len(ts):
+        raise TypeRuleError(f"fused_elementwise: the region takes {len(body.inputs)} parameters "
+                            f"but the op has {len(ts)} inputs")
+    for k, (p, t) in enumerate(zip(body.inputs, ts)):
+        if p.type != t:
+            raise TypeRuleError(f"fused_elementwise: parameter {k} is {p.type} but input {k} is {t}")
+    for op in body.ops:
+        if op.regions or not (op.kind == "constant" or get_op(op.kind).elementwise):
+            raise TypeRuleError(f"fused_elementwise: the region may hold only elementwise ops and constants, "
+                                f"got {op.kind!r}")
+    if not body.outputs:
+        raise TypeRuleError("fused_elementwise: the region yields no values")
+    return [v.type for v in body.outputs]
+
+
+register("fused_elementwise", _fused_elementwise, arity=(1, None), num_regions=1,
+         doc="fused_elementwise(*xs) regions {body}: a chain of elementwise ops run as one op")

@@ -13,6 +13,7 @@ Every pass is an object with `name` and `run(graph) -> PassResult(graph, modifie
 | `RecognizePatterns` | patterns | decomposed softmax, layer_norm, gelu -> single ops |
 | `FuseConv` | fuse_conv | conv+batch_norm, conv+bias, conv+activation |
 | `FuseLinear` | fuse_linear | matmul+bias(+activation) -> gemm |
+| `FuseElementwise` | fuse_elementwise | chains of elementwise ops -> fused_elementwise |
 """
 
 from .algebra import AlgebraicSimplification
@@ -22,12 +23,13 @@ from .dce import DCE, eliminate_dead_code
 from .dedup import DedupConstants
 from .fold import ConstantFolding
 from .fuse_conv import FuseConv
+from .fuse_elementwise import FuseElementwise
 from .fuse_linear import FuseLinear
 from .patterns import RecognizePatterns
 from .shapes import ShapeSimplification
 
 __all__ = [
-    "AlgebraicSimplification", "CSE", "ConstantFolding", "DCE", "DedupConstants", "FuseConv", "FuseLinear",
-    "OptimizeReport", "Pass", "PassManager", "PassResult", "PassStats", "RecognizePatterns",
+    "AlgebraicSimplification", "CSE", "ConstantFolding", "DCE", "DedupConstants", "FuseConv", "FuseElementwise",
+    "FuseLinear", "OptimizeReport", "Pass", "PassManager", "PassResult", "PassStats", "RecognizePatterns",
     "ShapeSimplification", "clone_graph", "count_ops", "eliminate_dead_code",
 ]

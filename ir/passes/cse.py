@@ -33,7 +33,9 @@ def _attr_key(v):
     return format_attr(v, elide=False)
 
 
-def _cse_region(region: Region, table: dict, subst: dict[int, Value]) -> bool:
+def _cse_region(region: Region, table: dict, subst: dict[int, Value], added: list | None = None) -> bool:
+    # a nested region sees the enclosing entries; what it adds is removed when it is done (an
+    # undo list instead of a copy of the table per region, which was quadratic)
     changed = False
     keep = []
     for op in region.ops:
@@ -41,7 +43,10 @@ def _cse_region(region: Region, table: dict, subst: dict[int, Value]) -> bool:
             op.inputs = tuple(subst.get(id(v), v) for v in op.inputs)
             changed = True
         for r in op.regions:
-            changed |= _cse_region(r, dict(table), subst)
+            inner: list = []
+            changed |= _cse_region(r, table, subst, inner)
+            for k in inner:
+                del table[k]
         key = op_key(op, id)
         if key is None:
             keep.append(op)
@@ -49,6 +54,8 @@ def _cse_region(region: Region, table: dict, subst: dict[int, Value]) -> bool:
         prev = table.get(key)
         if prev is None:
             table[key] = op
+            if added is not None:
+                added.append(key)
             keep.append(op)
             continue
         for old, new in zip(op.outputs, prev.outputs):

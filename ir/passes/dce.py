@@ -61,6 +61,10 @@ def _narrow_split(op: Op, rw: Rewriter):
     return [piece if i == k else None for i in range(len(op.outputs))]
 
 
+def _has_split(region: Region) -> bool:
+    return any(op.kind == "split" or any(_has_split(r) for r in op.regions) for op in region.ops)
+
+
 class DCE:
     """Dead code elimination as a pass.
 
@@ -77,6 +81,7 @@ class DCE:
 
     def run(self, graph: Graph) -> PassResult:
         """Narrow multi-output ops, then drop unused ops."""
-        changed = rewrite_graph(graph, _narrow_split)
+        # (counting uses for the rewrite costs more than the rest of DCE: skip it without splits)
+        changed = _has_split(graph) and rewrite_graph(graph, _narrow_split)
         changed |= eliminate_dead_code(graph)
         return PassResult(graph, changed)

@@ -33,8 +33,8 @@ class _Dedup:
         self.by_layout: dict[tuple, object] = {}  # (dtype, shape, digest) -> Value
 
     def __call__(self, op: Op, rw: Rewriter):
-        if op.kind != "constant" or rw.depth:
-            return None
+        if op.kind != "constant" or rw.depth or rw.n_uses(op.output) == 0:
+            return None  # (a dead constant must not become a source: that would revive it)
         a = op.attrs["value"]
         if a.size <= INLINE_LIMIT:
             return None
@@ -73,4 +73,4 @@ class DedupConstants:
 
     def run(self, graph: Graph) -> PassResult:
         """Rewrite duplicate constants in place (the copies are left for DCE)."""
-        return PassResult(graph, rewrite_graph(graph, _Dedup(), uses=False))
+        return PassResult(graph, rewrite_graph(graph, _Dedup()))

@@ -41,22 +41,22 @@ def use_counts(region: Region) -> dict[int, int]:
 
 
 def _count(region: Region, counts: dict[int, int]) -> None:
-    live: set[int] = set()
+    # one dict for all regions: a value is live once counted (ids are unique across regions), and
+    # an op is met (in reverse) before the producers of the values it captures
+    get = counts.get
     for v in region.outputs:
-        counts[id(v)] = counts.get(id(v), 0) + 1
-        live.add(id(v))
+        counts[id(v)] = get(id(v), 0) + 1
     for op in reversed(region.ops):
-        if not any(id(v) in live for v in op.outputs):
+        for v in op.outputs:
+            if id(v) in counts:
+                break
+        else:
             continue
         for v in op.inputs:
-            counts[id(v)] = counts.get(id(v), 0) + 1
-            live.add(id(v))
+            k = id(v)
+            counts[k] = get(k, 0) + 1
         for r in op.regions:
-            inner: dict[int, int] = {}
-            _count(r, inner)
-            for k, n in inner.items():
-                counts[k] = counts.get(k, 0) + n
-                live.add(k)
+            _count(r, counts)
 
 
 class Rewriter:

@@ -10,11 +10,12 @@ float32 arrays drawn from `np.random.default_rng(seed)`). Each module also has `
 >>> fn(*args).shape
 (2, 10)
 
-The `gru` model needs script mode (data-dependent loops) and is not here yet.
+`gru` runs its time loop in script mode, so its export also takes a symbolic sequence length.
 """
 
-from . import lenet, mlp, resnet_tiny, transformer_encoder
+from . import gru, lenet, mlp, resnet_tiny, transformer_encoder
 
-MODELS = {"mlp": mlp, "lenet": lenet, "resnet_tiny": resnet_tiny, "transformer_encoder": transformer_encoder}
+MODELS = {"mlp": mlp, "lenet": lenet, "resnet_tiny": resnet_tiny, "transformer_encoder": transformer_encoder,
+          "gru": gru}
 
-__all__ = ["mlp", "lenet", "resnet_tiny", "transformer_encoder", "MODELS"]
+__all__ = ["mlp", "lenet", "resnet_tiny", "transformer_encoder", "gru", "MODELS"]

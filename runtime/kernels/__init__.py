@@ -33,3 +33,11 @@ KERNELS.update(autodiff_ops.KERNELS)
 from . import fused  # noqa: E402
 
 KERNELS.update(fused.KERNELS)
+
+from . import fused_elementwise  # noqa: E402
+
+REGION_KERNELS.update(fused_elementwise.REGION_KERNELS)
+
+from . import random  # noqa: E402
+
+KERNELS.update(random.KERNELS)

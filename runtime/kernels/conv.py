@@ -3,11 +3,15 @@
 Layout is NC + 1, 2 or 3 spatial dims; `pads` lists all begins, then all ends (ONNX order).
 Why the code looks the way it does (measurements in PERF_NOTES.md):
 
-- `conv` is lowered to GEMM: the padded input is viewed as sliding windows, copied once into
-  an im2col matrix of shape (N, group, C/group * prod(kernel), prod(out)), and multiplied by
-  the weights in one batched matmul whose result already is NC + spatial. A 1x1, stride-1,
+- `conv` is lowered to GEMM: the padded input is viewed as sliding windows (one strided view),
+  copied once into an im2col matrix of shape (N, group, C/group * prod(kernel), prod(out)), and
+  multiplied by the weights in one batched matmul whose result already is NC + spatial. A 1x1, stride-1,
   unpadded conv is that matmul on a view of the input (no copy). Depthwise convs would be
   thousands of 1-row GEMMs, so they instead accumulate one shifted view per kernel tap.
+- 3x3 stride-1 convs with >= 64 channels use Winograd F(2x2, 3x3) instead: 16 GEMMs of
+  (M x C) x (C x tiles) in one batched matmul, 2.25x fewer multiplies; the transforms are adds
+  on whole padded rows. The im2col matrix, the padded input and Winograd's temporaries live in
+  per-thread workspaces reused by every call (fresh ones page-fault each time).
 - `conv_transpose` is the adjoint: one batched matmul to columns, then one strided add per tap.
 - Pooling is separable: the max (or sum) over a box window is the max over one axis after the
   other, so a k x k pool costs 2k array passes instead of k*k, in the same code for 1-3 dims.
@@ -17,9 +21,10 @@ Why the code looks the way it does (measurements in PERF_NOTES.md):
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 
 def _work_dtype(dt: np.dtype) -> np.dtype:
@@ -60,7 +65,23 @@ def _spatial_dims(x: np.ndarray, what: str) -> int:
     return nd
 
 
-def _pad_constant(x: np.ndarray, begins, ends, value) -> np.ndarray:
+_local = threading.local()
+
+
+def _workspace(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """A scratch array of this thread, reused by every call (fresh multi-megabyte im2col matrices
+    page-fault on each call, PERF_NOTES.md); only for temporaries that never leave a kernel."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    spaces = getattr(_local, "spaces", None)
+    if spaces is None:
+        spaces = _local.spaces = {}
+    buf = spaces.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buf = spaces[name] = np.empty(max(nbytes, 64), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _pad_constant(x: np.ndarray, begins, ends, value, scratch: str | None = None) -> np.ndarray:
     """x padded with `value` by begins[i]/ends[i] along its last len(begins) axes (negative: crop).
     Returns x itself when there is nothing to do."""
     lead = x.ndim - len(begins)
@@ -70,7 +91,7 @@ def _pad_constant(x: np.ndarray, begins, ends, value) -> np.ndarray:
     shape = tuple(n + b + e for n, b, e in zip(x.shape, begins, ends))
     if min(shape) < 0:
         raise ValueError(f"pads {begins} / {ends} crop more than the shape {x.shape}")
-    out = np.empty(shape, x.dtype)
+    out = np.empty(shape, x.dtype) if scratch is None else _workspace(scratch, shape, x.dtype)
     for axis, (n, b, e) in enumerate(zip(shape, begins, ends)):
         lead_idx = (slice(None),) * axis
         if b > 0:
@@ -110,7 +131,7 @@ def _conv_setup(x, w, strides, pads, dilations, group: int):
     if group < 1 or c != cg * group or m % group:
         raise ValueError(f"conv: input channels {c} and weight {w.shape} do not fit group={group}")
     work = _work_dtype(x.dtype)
-    xp = _pad_constant(x.astype(work, copy=False), pads[:nd], pads[nd:], 0)
+    xp = _pad_constant(x.astype(work, copy=False), pads[:nd], pads[nd:], 0, scratch="conv_pad")
     w = w.astype(work, copy=False)
     out = tuple(_out_len(xp.shape[2 + i], kernel[i], strides[i], 0, 0, dilations[i]) for i in range(nd))
     if min(out) < 1:
@@ -135,6 +156,8 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=N
     nd = len(out)
     if cg == 1 and group > 1:
         y = _depthwise(xp, w, strides, dilations, out)
+    elif _use_winograd(xp, w, kernel, strides, dilations, group):
+        y = _winograd_3x3(xp, w, out, np.empty((n, m) + out, xp.dtype))
     else:
         y = np.matmul(w.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out))
     y = y.reshape((n, m) + out)
@@ -159,8 +182,11 @@ def conv_into(dst: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
             or dst.shape != (n, m) + out):
         np.copyto(dst, conv(x, w, b, strides=strides, pads=pads, dilations=dilations, group=group))
         return dst
-    np.matmul(wk.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out),
-              out=dst.reshape(n, group, m // group, math.prod(out)))
+    if _use_winograd(xp, wk, kernel, strides, dilations, group):
+        _winograd_3x3(xp, wk, out, dst)
+    else:
+        np.matmul(wk.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out),
+                  out=dst.reshape(n, group, m // group, math.prod(out)))
     if b is not None:
         dst += np.asarray(b).astype(dt, copy=False).reshape(_bias_shape(m, len(out)))
     return dst
@@ -168,18 +194,105 @@ def conv_into(dst: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
 
 def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.ndarray:
     """(N, group, C/group * prod(kernel), prod(out)) columns of the padded input; a view when
-    the conv is 1x1 with stride 1."""
+    the conv is 1x1 with stride 1. The windows are one strided view in (N, C, *K, *out) order
+    (built directly: `sliding_window_view` costs ~15 us of Python per call), so the copy reads
+    along output rows, mostly contiguous."""
     n, c = xp.shape[:2]
-    nd = len(kernel)
     if all(k == 1 for k in kernel) and all(s == 1 for s in strides):
         return xp.reshape(n, group, c // group, -1)
-    spans = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))
-    win = sliding_window_view(xp, spans, axis=tuple(range(2, 2 + nd)))
-    win = win[(slice(None),) * 2 + tuple(slice(None, None, s) for s in strides)
-              + tuple(slice(None, None, d) for d in dilations)]
-    # (N, C, *out, *K) -> (N, C, *K, *out): the copy then reads along output rows, mostly contiguous
-    order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
-    return win.transpose(order).reshape(n, group, (c // group) * math.prod(kernel), math.prod(out))
+    sp = xp.strides[2:]
+    win = as_strided(xp, shape=(n, c) + tuple(kernel) + tuple(out),
+                     strides=xp.strides[:2] + tuple(st * d for st, d in zip(sp, dilations))
+                     + tuple(st * s for st, s in zip(sp, strides)), writeable=False)
+    cols = _workspace("conv_cols", (n, group, (c // group) * math.prod(kernel), math.prod(out)), xp.dtype)
+    np.copyto(cols.reshape(win.shape), win)
+    return cols
+
+
+# --- Winograd F(2x2, 3x3) -----------------------------------------------------------------------
+# Y = A^T [ (G g G^T) * (B^T d B) ] A per 4x4 input tile d and 2x2 output tile: 16 multiplies
+# instead of 36, done as 16 GEMMs (M x C times C x tiles) in one batched matmul, 2.25x fewer
+# FLOPs than im2col for 3x3 stride-1 convs (PERF_NOTES.md). The transforms are adds only.
+
+# below these the transforms cost more than the GEMM saves (measured: 16 channels at 32x32 0.6x,
+# 64-256 channels at 56-14 px 1.2-2x, 512 channels at 7x7 (16 tiles) 1.0x)
+_WINOGRAD_MIN_CHANNELS = 64
+_WINOGRAD_MIN_TILES = 32
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_filters: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(weights) -> (weights, transformed)
+_filters_lock = threading.Lock()
+
+
+def _use_winograd(xp: np.ndarray, w: np.ndarray, kernel, strides, dilations, group: int) -> bool:
+    return (len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(strides) == (1, 1)
+            and tuple(dilations) == (1, 1) and group == 1 and xp.dtype in (np.float32, np.float64)
+            and w.dtype == xp.dtype and min(w.shape[:2]) >= _WINOGRAD_MIN_CHANNELS
+            and xp.shape[0] * ((xp.shape[2] - 1) // 2) * ((xp.shape[3] - 1) // 2) >= _WINOGRAD_MIN_TILES)
+
+
+def _winograd_filter(w: np.ndarray) -> np.ndarray:
+    """G g G^T for every (out, in) channel pair as (16, M, C), computed in float64. Read-only
+    weights (a loaded model's constants: the same array on every call) are transformed once and
+    cached; writable ones may change between calls and are transformed every time."""
+    if not w.flags.writeable:
+        with _filters_lock:
+            hit = _filters.get(id(w))
+        if hit is not None and hit[0] is w:
+            return hit[1]
+    g = np.tensordot(np.tensordot(w.astype(np.float64), _G, axes=([3], [1])), _G, axes=([2], [1]))  # M,C,b,a
+    u = np.ascontiguousarray(g.transpose(3, 2, 0, 1).reshape(16, *w.shape[:2]), dtype=w.dtype)
+    if not w.flags.writeable:
+        with _filters_lock:
+            if len(_filters) >= 512:
+                _filters.clear()
+            _filters[id(w)] = (w, u)
+    return u
+
+
+def _winograd_3x3(xp: np.ndarray, w: np.ndarray, out: tuple, dst: np.ndarray) -> np.ndarray:
+    """3x3 stride-1 conv of the padded input xp (N, C, H, W) into dst (N, M, *out); returns dst."""
+    n, c = xp.shape[:2]
+    m = w.shape[0]
+    ho, wo = out
+    th, tw = -(-ho // 2), -(-wo // 2)
+    if xp.shape[2] < 2 * th + 2 or xp.shape[3] < 2 * tw + 2:  # odd output: one more zero row/column
+        xp = _pad_constant(xp, (0, 0), (2 * th + 2 - xp.shape[2], 2 * tw + 2 - xp.shape[3]), 0)
+    dt = xp.dtype
+    # B^T d B, separably on whole rows: first along H (tile row i reads padded rows 2i..2i+3),
+    # then along W, written as (4, 4, C, N, th, tw) so that each GEMM reads C x tiles
+    r = [xp[:, :, k:k + 2 * th:2, :2 * tw + 2] for k in range(4)]
+    rows = _workspace("wino_rows", (4, n, c, th, 2 * tw + 2), dt)
+    np.subtract(r[0], r[2], out=rows[0])
+    np.add(r[1], r[2], out=rows[1])
+    np.subtract(r[2], r[1], out=rows[2])
+    np.subtract(r[1], r[3], out=rows[3])
+    v = _workspace("wino_v", (4, 4, c, n, th, tw), dt)
+    for a in range(4):
+        q = [rows[a][..., k:k + 2 * tw:2].transpose(1, 0, 2, 3) for k in range(4)]
+        np.subtract(q[0], q[2], out=v[a, 0])
+        np.add(q[1], q[2], out=v[a, 1])
+        np.subtract(q[2], q[1], out=v[a, 2])
+        np.subtract(q[1], q[3], out=v[a, 3])
+    t = n * th * tw
+    y = _workspace("wino_y", (4, 4, m, t), dt)
+    np.matmul(_winograd_filter(w), v.reshape(16, c, t), out=y.reshape(16, m, t))
+    # A^T Y A: rows, then columns, straight into the (N, M, 2th, 2tw) layout
+    z = _workspace("wino_z", (2, 4, m, t), dt)
+    np.add(y[0], y[1], out=z[0])
+    z[0] += y[2]
+    np.subtract(y[1], y[2], out=z[1])
+    z[1] -= y[3]
+    full = dst if (2 * th, 2 * tw) == (ho, wo) else _workspace("wino_out", (n, m, 2 * th, 2 * tw), dt)
+    tiles = full.reshape(n, m, th, 2, tw, 2).transpose(3, 5, 1, 0, 2, 4)  # (a, b, M, N, th, tw)
+    for a in range(2):
+        za = z[a].reshape(4, m, n, th, tw)
+        np.add(za[0], za[1], out=tiles[a, 0])
+        tiles[a, 0] += za[2]
+        np.subtract(za[1], za[2], out=tiles[a, 1])
+        tiles[a, 1] -= za[3]
+    if full is not dst:
+        np.copyto(dst, full[:, :, :ho, :wo])
+    return dst
 
 
 def _depthwise(xp: np.ndarray, w: np.ndarray, strides, dilations, out) -> np.ndarray:

@@ -1,0 +1,426 @@
+// Lowering an entry to steps, the memory plan, and the execution loop (see program.h).
+#include "program.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <numeric>
+#include <set>
+
+namespace castml {
+
+// ---- kernel table and call helpers -----------------------------------------------------------
+
+const KernelTable& kernels() {
+  static const KernelTable table = [] {
+    KernelTable t;
+    register_elementwise(t);
+    register_binary(t);
+    register_shape(t);
+    register_reduce(t);
+    register_nn(t);
+    register_linalg(t);
+    return t;
+  }();
+  return table;
+}
+
+const Attr& KernelCall::attr(const char* name) const {
+  auto it = op.attrs.find(name);
+  if (it == op.attrs.end()) fail(kKernelError, std::string("missing attribute '") + name + "'");
+  return it->second;
+}
+
+int64_t KernelCall::i(const char* name, int64_t dflt) const { return has(name) ? attr(name).i : dflt; }
+
+double KernelCall::f(const char* name, double dflt) const {
+  if (!has(name)) return dflt;
+  const Attr& a = attr(name);
+  return a.kind == kAttrFloat ? a.f : static_cast<double>(a.i);
+}
+
+std::string KernelCall::s(const char* name, const std::string& dflt) const { return has(name) ? attr(name).s : dflt; }
+
+std::vector<int64_t> KernelCall::ints(const char* name) const {
+  const Attr& a = attr(name);
+  if (a.kind == kAttrDims) {
+    std::vector<int64_t> out;
+    for (const Dim& d : a.dims) out.push_back(d.eval(env));
+    return out;
+  }
+  if (a.kind == kAttrInt) return {a.i};
+  return a.ints;
+}
+
+std::vector<int64_t> KernelCall::ints_or(const char* name, std::vector<int64_t> dflt) const {
+  return has(name) ? ints(name) : dflt;
+}
+
+ConstTensor KernelCall::tensor(const char* name) const {
+  const Attr& a = attr(name);
+  if (a.kind != kAttrTensor) fail(kKernelError, std::string("attribute '") + name + "' is not a tensor");
+  return model.tensors[a.tensor];
+}
+
+void KernelCall::expect_shape(size_t k, const Shape& shape) const {
+  if (out.at(k)->shape != shape)
+    fail(kKernelError, "computed output shape " + shape_str(shape) + " does not match the declared " +
+                           shape_str(out.at(k)->shape));
+}
+
+void KernelCall::expect_dtype(DType t, size_t n_in) const {
+  for (const Tensor* o : out)
+    if (o->dtype != t) fail(kKernelError, std::string("output dtype ") + dtype_name(o->dtype) + " != " + dtype_name(t));
+  for (size_t k = 0; k < n_in && k < in.size(); ++k)
+    if (in[k]->dtype != t)
+      fail(kKernelError, "input " + std::to_string(k) + " has dtype " + dtype_name(in[k]->dtype) + ", expected " +
+                             dtype_name(t));
+}
+
+DType value_dtype(const GraphDef& g, uint32_t v) { return g.values[v].dtype; }
+
+void require_float(const OpDef& op, const GraphDef& g) {
+  for (auto ids : {&op.inputs, &op.outputs})
+    for (uint32_t v : *ids)
+      if (g.values[v].dtype != kFloat32 && g.values[v].dtype != kFloat64)
+        fail(kUnsupportedError, "native '" + op.kind + "' runs float32/float64 only, got " + dtype_name(g.values[v].dtype));
+}
+
+void require_no_f16(const OpDef& op, const GraphDef& g) {
+  for (auto ids : {&op.inputs, &op.outputs})
+    for (uint32_t v : *ids)
+      if (g.values[v].dtype == kFloat16)
+        fail(kUnsupportedError, "native '" + op.kind + "' has no float16 kernel");
+}
+
+int norm_axis(int64_t axis, int rank) {
+  int64_t a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= rank) fail(kKernelError, "axis " + std::to_string(axis) + " is out of range for rank " +
+                                                               std::to_string(rank));
+  return static_cast<int>(a);
+}
+
+// ---- lowering ---------------------------------------------------------------------------------
+
+Result::~Result() {
+  for (void* p : owned) std::free(p);
+}
+
+Program::Arena::~Arena() { std::free(data); }
+
+namespace {
+void* aligned_malloc(size_t n) {
+  size_t rounded = (std::max<size_t>(n, 1) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) fail(kKernelError, "out of memory allocating " + std::to_string(n) + " bytes");
+  return p;
+}
+}  // namespace
+
+namespace {
+bool same_type(const ValueDef& a, const ValueDef& b) {
+  if (a.dtype != b.dtype || a.shape.size() != b.shape.size()) return false;
+  for (size_t i = 0; i < a.shape.size(); ++i)
+    if (a.shape[i].is_static() != b.shape[i].is_static() || a.shape[i].size != b.shape[i].size ||
+        a.shape[i].text != b.shape[i].text)
+      return false;
+  return true;
+}
+}  // namespace
+
+uint32_t Program::resolve(uint32_t v) const {
+  while (alias_[v] != v) v = alias_[v];
+  return v;
+}
+
+// Appends the steps of region k. A `fused_elementwise` op (a chain of elementwise ops that
+// ir.optimize groups in a region) is inlined: its region's inputs and outputs become aliases
+// of the op's, so the chain runs as ordinary steps in the arena.
+void Program::lower(uint32_t k, int depth) {
+  for (const OpDef& op : graph_.regions[k].ops) {
+    std::string label = op_label(graph_, op);
+    if (op.kind == "fused_elementwise" && op.regions.size() == 1 && depth < 4) {
+      const RegionDef& r = graph_.regions[op.regions[0]];
+      if (r.inputs.size() != op.inputs.size() || r.outputs.size() != op.outputs.size())
+        fail(kFormatError, label + ": its region has " + std::to_string(r.inputs.size()) + " inputs and " +
+                               std::to_string(r.outputs.size()) + " outputs for the op's " +
+                               std::to_string(op.inputs.size()) + " and " + std::to_string(op.outputs.size()));
+      for (size_t i = 0; i < r.inputs.size(); ++i) {
+        if (!same_type(graph_.values[r.inputs[i]], graph_.values[op.inputs[i]]))
+          fail(kFormatError, label + ": region input " + std::to_string(i) + " and op input differ in type");
+        alias_[r.inputs[i]] = resolve(op.inputs[i]);
+      }
+      lower(op.regions[0], depth + 1);
+      for (size_t i = 0; i < r.outputs.size(); ++i) {
+        if (!same_type(graph_.values[r.outputs[i]], graph_.values[op.outputs[i]]))
+          fail(kFormatError, label + ": region output " + std::to_string(i) + " and op output differ in type");
+        alias_[op.outputs[i]] = resolve(r.outputs[i]);
+      }
+      continue;
+    }
+    auto it = kernels().find(op.kind);
+    if (it == kernels().end() || !op.regions.empty())
+      fail(kUnsupportedError, "unknown op kind '" + op.kind + "' (no kernel in the native runtime): " + label);
+    if (it->second.check) {
+      try {
+        it->second.check(op, graph_);
+      } catch (const Error& e) {
+        fail(kUnsupportedError, e.message + ": " + label);
+      }
+    }
+    Step step{&op, &it->second, label, {}, op.outputs};
+    for (uint32_t v : op.inputs) step.inputs.push_back(resolve(v));
+    steps_.push_back(std::move(step));
+  }
+}
+
+Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), graph_(graph) {
+  const RegionDef& body = graph.regions[0];
+  size_t nv = graph.values.size();
+  storage_.assign(nv, kUnusedValue);
+  const_data_.assign(nv, nullptr);
+  arena_index_.assign(nv, -1);
+  alias_.resize(nv);
+  for (uint32_t v = 0; v < nv; ++v) alias_[v] = v;
+  for (uint32_t v : body.inputs) storage_[v] = kInputValue;
+  lower(0, 0);
+  check_symbols();
+  for (uint32_t v : body.outputs) outputs_.push_back(resolve(v));
+  std::vector<int> first(nv, -1), last(nv, -1);
+  for (size_t j = 0; j < steps_.size(); ++j) {
+    const Step& s = steps_[j];
+    const OpDef& op = *s.op;
+    int step = static_cast<int>(j);
+    for (uint32_t v : s.inputs) last[v] = step;
+    for (uint32_t v : s.outputs) {
+      first[v] = last[v] = step;
+      storage_[v] = kArenaValue;
+    }
+    if (op.kind == "constant") {
+      auto value = op.attrs.find("value");
+      if (op.outputs.size() != 1 || !op.inputs.empty() || value == op.attrs.end() || value->second.kind != kAttrTensor)
+        fail(kFormatError, s.label + ": a constant has no inputs, one output and a tensor attribute 'value'");
+      const ConstTensor& t = model.tensors[value->second.tensor];
+      storage_[op.outputs[0]] = kConstValue;
+      const_data_[op.outputs[0]] = t.data;
+    }
+  }
+  for (uint32_t v : outputs_)
+    if (storage_[v] == kArenaValue) storage_[v] = kOutputValue;
+  for (uint32_t v = 0; v < nv; ++v) {
+    if (storage_[v] != kArenaValue) continue;
+    arena_index_[v] = static_cast<int>(arena_values_.size());
+    arena_values_.push_back(v);
+    live_.emplace_back(first[v], last[v]);
+  }
+}
+
+// As the Python runtime's _check_symbols: every symbol of an input dim or a DIMS attribute must be
+// bound by a bare-symbol input dim (a malformed file otherwise). Op outputs whose sizes depend on
+// data (fresh symbols) are beyond this runtime.
+void Program::check_symbols() const {
+  const RegionDef& body = graph_.regions[0];
+  std::set<std::string> bound;
+  for (uint32_t v : body.inputs)
+    for (const Dim& d : graph_.values[v].shape)
+      if (d.is_symbol()) bound.insert(d.text);
+  auto unbound = [&](const std::vector<Dim>& dims) {
+    std::set<std::string> syms;
+    for (const Dim& d : dims) d.symbols(&syms);
+    std::string out;
+    for (const auto& s : syms)
+      if (!bound.count(s)) out += (out.empty() ? "'" : ", '") + s + "'";
+    return out;
+  };
+  for (uint32_t v : body.inputs) {
+    std::string u = unbound(graph_.values[v].shape);
+    if (!u.empty()) fail(kFormatError, "input dim of value " + std::to_string(v) + " uses symbols [" + u +
+                                           "] that no input binds");
+  }
+  for (const Step& s : steps_) {
+    for (const auto& [name, a] : s.op->attrs) {
+      std::string u = a.kind == kAttrDims ? unbound(a.dims) : "";
+      if (!u.empty())
+        fail(kFormatError, s.label + ": attribute '" + name + "' uses symbols [" + u + "] that are not bound before it runs");
+    }
+    for (uint32_t v : s.outputs) {
+      std::string u = unbound(graph_.values[v].shape);
+      if (!u.empty())
+        fail(kUnsupportedError, s.label + ": a data-dependent size (symbols [" + u +
+                                    "]) is not supported by the native runtime");
+    }
+  }
+}
+
+Env Program::bind(const std::vector<Tensor>& inputs) const {
+  const RegionDef& body = graph_.regions[0];
+  if (inputs.size() != body.inputs.size())
+    fail(kInputError, "expected " + std::to_string(body.inputs.size()) + " inputs, got " + std::to_string(inputs.size()));
+  Env env;
+  auto type_of = [&](uint32_t v) {
+    const ValueDef& vd = graph_.values[v];
+    std::string s = std::string(dtype_short(vd.dtype)) + "[";
+    for (size_t i = 0; i < vd.shape.size(); ++i)
+      s += (i ? "," : "") + (vd.shape[i].is_static() ? std::to_string(vd.shape[i].size) : vd.shape[i].text);
+    return s + "]";
+  };
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const ValueDef& vd = graph_.values[body.inputs[k]];
+    const Tensor& t = inputs[k];
+    const std::string& name = graph_.input_names[k];
+    if (t.dtype != vd.dtype)
+      fail(kInputError, "input '" + name + "': expected dtype " + type_of(body.inputs[k]) + ", got " + dtype_name(t.dtype) +
+                            " " + shape_str(t.shape));
+    if (t.shape.size() != vd.shape.size())
+      fail(kInputError, "input '" + name + "': expected " + type_of(body.inputs[k]) + " (rank " +
+                            std::to_string(vd.shape.size()) + "), got shape " + shape_str(t.shape));
+    for (size_t a = 0; a < vd.shape.size(); ++a) {
+      if (!vd.shape[a].is_symbol()) continue;
+      auto [it, inserted] = env.emplace(vd.shape[a].text, t.shape[a]);
+      if (!inserted && it->second != t.shape[a])
+        fail(kInputError, "input '" + name + "': dim " + std::to_string(a) + " is " + std::to_string(t.shape[a]) + " but " +
+                              it->first + " = " + std::to_string(it->second) + " from an earlier input (expected " +
+                              type_of(body.inputs[k]) + ")");
+    }
+  }
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const ValueDef& vd = graph_.values[body.inputs[k]];
+    for (size_t a = 0; a < vd.shape.size(); ++a)
+      if (!vd.shape[a].is_symbol() && vd.shape[a].eval(env) != inputs[k].shape[a])
+        fail(kInputError, "input '" + graph_.input_names[k] + "': expected " + type_of(body.inputs[k]) + ", got shape " +
+                              shape_str(inputs[k].shape));
+  }
+  return env;
+}
+
+std::shared_ptr<const Program::Plan> Program::plan_for(const std::vector<size_t>& sizes) const {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [key, plan] : plans_)
+      if (key == sizes) return plan;
+  }
+  // greedy by size: place each value at the lowest offset that does not overlap a placed value
+  // whose live interval intersects its own
+  auto plan = std::make_shared<Plan>();
+  size_t n = sizes.size();
+  plan->offsets.assign(n, 0);
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return sizes[a] > sizes[b]; });
+  std::vector<size_t> placed;
+  for (size_t idx : order) {
+    size_t need = (sizes[idx] + 63) / 64 * 64;
+    std::vector<std::pair<size_t, size_t>> busy;
+    for (size_t p : placed)
+      if (live_[p].first <= live_[idx].second && live_[idx].first <= live_[p].second)
+        busy.emplace_back(plan->offsets[p], plan->offsets[p] + (sizes[p] + 63) / 64 * 64);
+    std::sort(busy.begin(), busy.end());
+    size_t offset = 0;
+    for (const auto& [lo, hi] : busy) {
+      if (offset + need <= lo) break;
+      offset = std::max(offset, hi);
+    }
+    plan->offsets[idx] = offset;
+    plan->total = std::max(plan->total, offset + need);
+    placed.push_back(idx);
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (plans_.size() > 64) plans_.clear();
+  plans_.emplace_back(sizes, plan);
+  return plan;
+}
+
+std::unique_ptr<Program::Arena> Program::take_arena(size_t size) const {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t k = 0; k < arenas_.size(); ++k) {
+      if (arenas_[k]->size >= size) {
+        auto a = std::move(arenas_[k]);
+        arenas_.erase(arenas_.begin() + static_cast<long>(k));
+        return a;
+      }
+    }
+  }
+  auto a = std::make_unique<Arena>();
+  a->data = aligned_malloc(size);
+  a->size = size;
+  return a;
+}
+
+void Program::give_arena(std::unique_ptr<Arena> a) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (arenas_.size() < 8) arenas_.push_back(std::move(a));
+}
+
+std::unique_ptr<Result> Program::run(const std::vector<Tensor>& inputs) const {
+  Env env = bind(inputs);
+  const RegionDef& body = graph_.regions[0];
+  size_t nv = graph_.values.size();
+  std::vector<Tensor> values(nv);
+  auto result = std::make_unique<Result>();
+  // declared shapes of everything the steps define, with this call's symbols
+  std::vector<size_t> sizes(arena_values_.size());
+  for (const Step& s : steps_) {
+    for (uint32_t v : s.outputs) {
+      Tensor& t = values[v];
+      t.dtype = graph_.values[v].dtype;
+      t.shape.clear();
+      int64_t count = 1;
+      for (const Dim& d : graph_.values[v].shape) {
+        int64_t n = d.eval(env);
+        if (n < 0 || __builtin_mul_overflow(count, n, &count))
+          fail(kInputError, "value %" + std::to_string(v) + " would have dim " + std::to_string(n) +
+                                " with these inputs (" + s.label + ")");
+        t.shape.push_back(n);
+      }
+      if (static_cast<unsigned __int128>(count) * dtype_size(t.dtype) > (static_cast<unsigned __int128>(1) << 40))
+        fail(kInputError, "value %" + std::to_string(v) + " would need more than 1 TiB (" + s.label + ")");
+      if (arena_index_[v] >= 0) sizes[arena_index_[v]] = t.nbytes();
+    }
+  }
+  for (size_t k = 0; k < body.inputs.size(); ++k) values[body.inputs[k]] = inputs[k];
+  std::shared_ptr<const Plan> plan = plan_for(sizes);
+  std::unique_ptr<Arena> arena = take_arena(plan->total);
+  struct ArenaReturn {  // the arena goes back to the pool however the call ends
+    const Program* p;
+    std::unique_ptr<Arena>* a;
+    ~ArenaReturn() { p->give_arena(std::move(*a)); }
+  } give_back{this, &arena};
+  char* base = static_cast<char*>(arena->data);
+  for (size_t k = 0; k < arena_values_.size(); ++k) values[arena_values_[k]].data = base + plan->offsets[k];
+  for (uint32_t v = 0; v < nv; ++v) {
+    if (storage_[v] == kConstValue) {
+      values[v].data = const_cast<void*>(const_data_[v]);
+    } else if (storage_[v] == kOutputValue) {
+      values[v].data = aligned_malloc(values[v].nbytes());
+      result->owned.push_back(values[v].data);
+    }
+  }
+  for (const Step& s : steps_) {
+    KernelCall call{*s.op, env, model_, {}, {}};
+    for (uint32_t v : s.inputs) call.in.push_back(&values[v]);
+    for (uint32_t v : s.outputs) call.out.push_back(&values[v]);
+    try {
+      s.kernel->run(call);
+    } catch (const Error& e) {
+      fail(e.kind == kInputError ? kInputError : kKernelError, "while executing " + s.label + ": " + e.message);
+    } catch (const std::exception& e) {
+      fail(kKernelError, "while executing " + s.label + ": " + e.what());
+    }
+  }
+  // outputs: returned buffers are handed over; inputs, constants and repeats are copied
+  std::vector<uint8_t> handed(nv, 0);
+  for (uint32_t v : outputs_) {
+    Tensor t = values[v];
+    if (storage_[v] != kOutputValue || handed[v]) {
+      void* copy = aligned_malloc(t.nbytes());
+      if (t.nbytes()) std::memcpy(copy, t.data, t.nbytes());
+      result->owned.push_back(copy);
+      t.data = copy;
+    }
+    handed[v] = 1;
+    result->outputs.push_back(t);
+  }
+  return result;
+}
+
+}  // namespace castml

@@ -1,0 +1,355 @@
+"""The native backend: run `.castml` models through the C++ runtime (libcastml) via ctypes.
+
+Why ctypes and not a compiled extension: the library is built on demand
+(`python -m runtime.native.build`) and must never be needed to install or import castml, so
+Python talks to its plain C API (runtime/native/src/castml.h) and degrades to the NumPy
+backend when it is absent. `NativeSession` keeps `Session`'s contract: same pytrees in and
+out, same entries, `inputs`/`outputs`/`metadata`, typed errors (`ModelFormatError` for bad
+files, `RuntimeInputError` for bad inputs, `KernelError` for kernel failures). A model using an
+op the native runtime lacks raises `NativeUnsupportedError` at load, naming the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import pytree
+from .errors import CastmlError, KernelError, ModelFormatError, RuntimeInputError
+from .executor import _safe_scalar
+from .session import TensorInfo
+
+_DTYPES = {1: np.bool_, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.uint8, 7: np.uint16,
+           8: np.uint32, 9: np.uint64, 10: np.float16, 11: np.float32, 12: np.float64}
+_CODES = {np.dtype(t): c for c, t in _DTYPES.items()}
+_MISSING = object()
+
+
+class NativeUnavailableError(CastmlError):
+    """The native library is not built or cannot be loaded."""
+
+
+class NativeUnsupportedError(ModelFormatError):
+    """A valid model uses an op or dtype the native runtime has no kernel for (NumPy runs it)."""
+
+
+class _CTensor(ctypes.Structure):
+    _fields_ = [("dtype", ctypes.c_int32), ("rank", ctypes.c_int32), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("data", ctypes.c_void_p)]
+
+
+_lib = None
+_lib_lock = threading.Lock()
+
+
+def library_path() -> str:
+    """The shared library used: `$CASTML_NATIVE_LIB`, else runtime/native/build/libcastml.so.
+
+    >>> library_path().endswith("libcastml.so")
+    True
+    """
+    env = os.environ.get("CASTML_NATIVE_LIB")
+    if env:
+        return env
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "build", "libcastml.so")
+
+
+_AVX512 = ("avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl")
+
+
+@contextlib.contextmanager
+def _blas_core_for_this_cpu():
+    """While the library (and its OpenBLAS) loads: OPENBLAS_CORETYPE=SkylakeX on CPUs with the
+    AVX-512 subsets those kernels use, unless the user set a core type. OpenBLAS's detection maps
+    AVX-512 AMD EPYCs to Haswell kernels, which run GEMM ~1.8x slower there (measured: 91 vs 164
+    GFLOPS, 128x256x1024 float32, one thread). NumPy's own OpenBLAS is loaded already and keeps
+    its choice; the variable is restored afterwards, so subprocesses are unaffected."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        yield
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if not all(x in flags for x in _AVX512):
+        yield
+        return
+    os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    try:
+        yield
+    finally:
+        del os.environ["OPENBLAS_CORETYPE"]
+
+
+def _library() -> ctypes.CDLL:
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        path = library_path()
+        if not os.path.exists(path):
+            raise NativeUnavailableError(f"the native runtime is not built ({path} is missing); "
+                                         f"build it with `python -m runtime.native.build`")
+        try:
+            with _blas_core_for_this_cpu():
+                lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise NativeUnavailableError(f"cannot load the native runtime {path}: {e}") from None
+        vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+        for name, res, args in (("castml_load", vp, [cp]), ("castml_load_buffer", vp, [vp, ctypes.c_size_t]),
+                                ("castml_free", None, [vp]), ("castml_describe", cp, [vp]),
+                                ("castml_run", vp, [vp, cp, i, ctypes.POINTER(_CTensor)]),
+                                ("castml_result_count", i, [vp]),
+                                ("castml_result_get", i, [vp, i, ctypes.POINTER(_CTensor)]),
+                                ("castml_result_free", None, [vp]), ("castml_last_error", cp, []),
+                                ("castml_last_error_kind", i, []), ("castml_blas", cp, []),
+                                ("castml_kernel_names", cp, []), ("castml_set_num_threads", None, [i])):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        _lib = lib
+        return lib
+
+
+def available() -> bool:
+    """Whether the native library is built and loads.
+
+    >>> isinstance(available(), bool)
+    True
+    """
+    try:
+        _library()
+    except NativeUnavailableError:
+        return False
+    return True
+
+
+def blas() -> str:
+    """The GEMM the library was built with: "openblas" or "builtin"."""
+    return _library().castml_blas().decode()
+
+
+def set_threads(n: int) -> None:
+    """Set the native GEMM's thread count (OpenBLAS, process-wide; separate from NumPy's)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"threads must be a positive int, got {n!r}")
+    _library().castml_set_num_threads(n)
+
+
+def kernel_names() -> list[str]:
+    """The op kinds the native runtime has kernels for (sorted)."""
+    return _library().castml_kernel_names().decode().split(",")
+
+
+def _raise_last(lib: ctypes.CDLL, what: str) -> None:
+    kind, message = lib.castml_last_error_kind(), lib.castml_last_error().decode("utf-8", "replace")
+    cls = {1: ModelFormatError, 2: NativeUnsupportedError, 3: RuntimeInputError, 4: KernelError}.get(kind)
+    if cls is None:
+        raise OSError(f"{what}: {message}")
+    raise cls(message)
+
+
+class _Model:
+    """Owns one native model handle; freed when the last session view goes away."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int):
+        self.lib, self.handle = lib, handle
+
+    def __del__(self):
+        if self.handle:
+            self.lib.castml_free(self.handle)
+            self.handle = None
+
+
+class _Result:
+    """Owns one native result; its output buffers stay valid while this object lives."""
+
+    def __init__(self, lib: ctypes.CDLL, handle: int):
+        self.lib, self.handle = lib, handle
+
+    def __del__(self):
+        self.lib.castml_result_free(self.handle)
+
+
+class _EntryInfo:
+    def __init__(self, name: str, d: dict):
+        self.name = name
+        self.bname = name.encode()
+        self.inputs = [TensorInfo(t["name"], np.dtype(t["dtype"]), tuple(t["shape"])) for t in d["inputs"]]
+        self.outputs = [TensorInfo(t["name"], np.dtype(t["dtype"]), tuple(t["shape"])) for t in d["outputs"]]
+        self.in_tree = pytree.treedef_from_json(d["in_tree"])
+        self.out_tree = pytree.treedef_from_json(d["out_tree"])
+        self.arg_names = list(d["arg_names"])
+        self.metadata = dict(d["metadata"])
+        self.flat_args = self.in_tree == ("tuple", (pytree.LEAF,) * len(self.arg_names))
+
+
+class NativeSession:
+    """A model loaded by the native runtime; `run` has the same contract as `Session.run`.
+
+    >>> import tracer
+    >>> from exporters.castml_format import to_bytes
+    >>> sess = load(to_bytes(tracer.trace(lambda x: x * x, 2.0)))  # doctest: +SKIP
+    >>> float(sess.run(3.0))  # doctest: +SKIP
+    9.0
+    """
+
+    backend = "native"
+
+    def __init__(self, model: _Model, entries: dict[str, _EntryInfo], entry: str | None):
+        self._model = model
+        self._entries = entries
+        self._entry_name = entry
+
+    @property
+    def entries(self) -> list[str]:
+        """Names of the model's entry points."""
+        return sorted(self._entries)
+
+    def __getitem__(self, name: str) -> NativeSession:
+        if name not in self._entries:
+            raise RuntimeInputError(f"no entry {name!r}; the model has {', '.join(self.entries)}")
+        return NativeSession(self._model, self._entries, name)
+
+    @property
+    def _entry(self) -> _EntryInfo:
+        if self._entry_name is None:
+            raise RuntimeInputError(f"the model has no entry 'main'; choose one with sess[name]: "
+                                    f"{', '.join(self.entries)}")
+        return self._entries[self._entry_name]
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        """(name, dtype, shape) of every input leaf, symbolic dims kept."""
+        return list(self._entry.inputs)
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        """(name, dtype, shape) of every output leaf."""
+        return list(self._entry.outputs)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The entry's free-form metadata."""
+        return dict(self._entry.metadata)
+
+    def _leaves(self, e: _EntryInfo, args: tuple, kwargs: dict) -> list:
+        n = len(e.arg_names)
+        if kwargs:
+            if len(args) > n:
+                raise RuntimeInputError(f"entry {e.name!r} takes {n} arguments ({', '.join(e.arg_names)}), "
+                                        f"got {len(args)} positional")
+            full = list(args) + [_MISSING] * (n - len(args))
+            for k, v in kwargs.items():
+                if k not in e.arg_names:
+                    raise RuntimeInputError(f"entry {e.name!r}: unexpected argument {k!r}; "
+                                            f"parameters are ({', '.join(e.arg_names)})")
+                i = e.arg_names.index(k)
+                if full[i] is not _MISSING:
+                    raise RuntimeInputError(f"entry {e.name!r}: argument {k!r} given twice")
+                full[i] = v
+            missing = [a for a, v in zip(e.arg_names, full) if v is _MISSING]
+            if missing:
+                raise RuntimeInputError(f"entry {e.name!r}: missing arguments {', '.join(missing)}")
+            args = tuple(full)
+        if len(args) != n:
+            raise RuntimeInputError(f"entry {e.name!r} takes {n} arguments ({', '.join(e.arg_names)}), "
+                                    f"got {len(args)}")
+        if e.flat_args and not any(isinstance(a, (tuple, list, dict)) or a is None for a in args):
+            return list(args)
+        try:
+            leaves, tree = pytree.flatten(tuple(args))
+        except TypeError as err:
+            raise RuntimeInputError(f"entry {e.name!r}: {err}") from None
+        if tree != e.in_tree:
+            raise RuntimeInputError(f"entry {e.name!r}: argument structure {pytree.treedef_to_json(tree)} does "
+                                    f"not match the traced {pytree.treedef_to_json(e.in_tree)}")
+        return leaves
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the entry on arguments shaped like the traced function's; returns its pytree."""
+        e = self._entry
+        outs = self._run_flat(self._leaves(e, args, kwargs))
+        if e.out_tree == pytree.LEAF:
+            return outs[0]
+        return pytree.unflatten(e.out_tree, outs)
+
+    def _run_flat(self, leaves: list) -> list[np.ndarray]:
+        """Run on the flat input leaves; returns the flat outputs."""
+        e = self._entry
+        if len(leaves) != len(e.inputs):
+            raise RuntimeInputError(f"expected {len(e.inputs)} inputs, got {len(leaves)}")
+        arrays, tensors = [], (_CTensor * max(len(leaves), 1))()
+        for k, (info, a) in enumerate(zip(e.inputs, leaves)):
+            arr = np.asarray(a)
+            if arr.dtype != info.dtype and _safe_scalar(a, arr, info.dtype):
+                arr = arr.astype(info.dtype)
+            if arr.dtype not in _CODES:
+                raise RuntimeInputError(f"input {info.name!r}: unsupported dtype {arr.dtype}")
+            arr = np.ascontiguousarray(arr)
+            shape = (ctypes.c_int64 * max(arr.ndim, 1))(*arr.shape)
+            arrays.append((arr, shape))
+            tensors[k] = _CTensor(_CODES[arr.dtype], arr.ndim, shape, arr.ctypes.data)
+        lib = self._model.lib
+        res = lib.castml_run(self._model.handle, e.bname, len(leaves), tensors)
+        if not res:
+            _raise_last(lib, "castml_run")
+        # outputs are zero-copy views of the result's buffers, which live until the last view dies
+        holder = _Result(lib, res)
+        outs = []
+        t = _CTensor()
+        for k in range(lib.castml_result_count(res)):
+            lib.castml_result_get(res, k, ctypes.byref(t))
+            shape = tuple(t.shape[d] for d in range(t.rank))
+            dtype = np.dtype(_DTYPES[t.dtype])
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes:
+                buf = (ctypes.c_char * nbytes).from_address(t.data)
+                buf._owner = holder
+                outs.append(np.frombuffer(buf, dtype).reshape(shape))
+            else:
+                outs.append(np.empty(shape, dtype))
+        return outs
+
+    def profile(self) -> list:
+        """Not available on the native backend (load with backend="numpy", profile=True)."""
+        raise CastmlError("no profile on the native backend: load with runtime.load(..., backend='numpy', "
+                          "profile=True)")
+
+    def __repr__(self) -> str:
+        return f"<runtime.NativeSession entries={self.entries} selected={self._entry_name!r}>"
+
+
+def load(source: Any, verify: bool = False) -> NativeSession:
+    """Load a `.castml` path (memory-mapped), bytes or memoryview with the native runtime.
+
+    Raises NativeUnavailableError when the library is not built, ModelFormatError for a bad
+    file (NativeUnsupportedError when an op has no native kernel).
+    """
+    lib = _library()
+    if verify:  # the data hash is checked by the Python loader (its only extra check)
+        from .loader import decode
+
+        decode(source, verify=True)
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb"):  # FileNotFoundError / PermissionError as for the NumPy backend
+            pass
+        handle = lib.castml_load(os.fsencode(source))
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        handle = lib.castml_load_buffer(data, len(data))
+    else:
+        raise TypeError(f"expected a path, bytes or memoryview, got {type(source).__name__}")
+    if not handle:
+        _raise_last(lib, "castml_load")
+    model = _Model(lib, handle)
+    described = json.loads(lib.castml_describe(handle).decode("utf-8"))
+    entries = {name: _EntryInfo(name, d) for name, d in described.items()}
+    return NativeSession(model, entries, "main" if "main" in entries else None)

@@ -1,0 +1,554 @@
+"""The native C++ runtime (runtime/native, runtime.native_backend) against the NumPy runtime.
+
+The library is built once per session by a module fixture (`runtime.native.build.build()`,
+incremental); a machine without cmake or a C++ compiler FAILS here with the reason, since CI
+has both. Every native op runs on traced graphs against the Python runtime under the one
+tolerance rule; the zoo models run at batch 1 and 7; the malformed-file corpus must fail with
+the same error category and message; `castml-run` runs end to end; sessions are shared by
+threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+
+import runtime
+import tracer
+from exporters.castml_format import to_bytes
+from runtime import native_backend as nb
+from tests.helpers import assert_agree
+from tests.test_castml_format import MALFORMED, _hand_model
+from tracer import ops as T
+from tracer.core import context_of, emit
+from tracer.ops import _apply
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native_lib():
+    from runtime.native.build import NativeBuildError, build
+
+    try:
+        path = build()
+    except NativeBuildError as e:
+        pytest.fail(f"cannot build the native runtime (CI has cmake and g++): {e}")
+    assert nb.available(), f"built {path} but it does not load"
+    return path
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def _f(shape, dtype=np.float32, seed=0, lo=-2.0, hi=2.0):
+    return _rng(seed).uniform(lo, hi, shape).astype(dtype)
+
+
+def _both(g):
+    data = to_bytes(g)
+    native = runtime.load(data, backend="native")
+    assert native.backend == "native"
+    return native, runtime.load(data, backend="numpy")
+
+
+def _check(fn, *args, run_args=None):
+    """Trace fn on args, run both backends on run_args (default: args), compare."""
+    native, ref = _both(tracer.trace(fn, *args))
+    for a in run_args or [args]:
+        assert_agree(native.run(*a), ref.run(*a))
+
+
+X = _f((3, 4))
+POS = _f((3, 4), lo=0.1, hi=3.0)
+UNIT = _f((3, 4), lo=-0.9, hi=0.9)
+I32 = _rng(1).integers(-20, 20, (3, 4)).astype(np.int32)
+I64 = _rng(2).integers(1, 9, (3, 4)).astype(np.int64)
+SPECIAL = X.copy()
+SPECIAL[0, :3] = (np.nan, np.inf, -np.inf)
+
+UNARY = {
+    "exp": (np.exp, X), "exp2": (np.exp2, X), "expm1": (np.expm1, X), "log": (np.log, POS), "log2": (np.log2, POS),
+    "log10": (np.log10, POS), "log1p": (np.log1p, POS), "sqrt": (np.sqrt, POS), "cbrt": (np.cbrt, X),
+    "sin": (np.sin, X), "cos": (np.cos, X), "tan": (np.tan, UNIT), "asin": (np.arcsin, UNIT),
+    "acos": (np.arccos, UNIT), "atan": (np.arctan, X), "sinh": (np.sinh, X), "cosh": (np.cosh, X),
+    "tanh": (np.tanh, X), "asinh": (np.arcsinh, X), "acosh": (np.arccosh, POS + 1), "atanh": (np.arctanh, UNIT),
+    "floor": (np.floor, X * 3), "ceil": (np.ceil, X * 3), "trunc": (np.trunc, X * 3), "round": (np.rint, X * 3),
+    "neg": (np.negative, I32), "abs": (np.abs, I32), "sign": (np.sign, X), "reciprocal": (np.reciprocal, POS),
+    "logical_not": (np.logical_not, X > 0), "bitwise_not": (np.invert, I32), "isnan": (np.isnan, SPECIAL),
+    "isinf": (np.isinf, SPECIAL), "isfinite": (np.isfinite, SPECIAL), "relu_special": (lambda x: T.relu(x), SPECIAL),
+    "exp_of_int": (np.exp, I32 // 4), "cast": (lambda x: x.astype(np.int16), X * 10),
+    "cast_bool": (lambda x: x.astype(np.bool_), I32), "neg_f64": (np.negative, X.astype(np.float64)),
+}
+
+ACTIVATIONS = {
+    "erf": {}, "sigmoid": {}, "relu": {}, "softplus": {}, "softsign": {}, "hard_swish": {},
+    "gelu": {"approximate": "none"}, "gelu_tanh": {"approximate": "tanh"}, "elu": {"alpha": 0.7},
+    "celu": {"alpha": 1.3}, "selu": {"alpha": 1.67, "gamma": 1.05}, "leaky_relu": {"alpha": 0.1},
+    "hard_sigmoid": {"alpha": 0.3, "beta": 0.4},
+    "thresholded_relu": {"alpha": 0.5},
+}
+
+BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "floordiv": np.floor_divide,
+    "mod": np.remainder, "pow": np.power, "maximum": np.maximum, "minimum": np.minimum, "fmax": np.fmax,
+    "fmin": np.fmin, "atan2": np.arctan2, "hypot": np.hypot, "equal": np.equal, "not_equal": np.not_equal,
+    "less": np.less, "less_equal": np.less_equal, "greater": np.greater, "greater_equal": np.greater_equal,
+}
+INT_BINARY = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "floordiv": np.floor_divide, "mod": np.remainder,
+    "maximum": np.maximum, "bitwise_and": np.bitwise_and, "bitwise_or": np.bitwise_or,
+    "bitwise_xor": np.bitwise_xor, "left_shift": np.left_shift, "right_shift": np.right_shift,
+    "logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNARY))
+def test_unary(name):
+    fn, x = UNARY[name]
+    _check(fn, x)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activation(name, dtype):
+    kind = name.split("_tanh")[0]
+    _check(lambda x: _apply(kind, [x], ACTIVATIONS[name]), _f((5, 7), dtype, lo=-4, hi=4))
+
+
+@pytest.mark.parametrize("name", sorted(BINARY))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_binary_broadcasting(name, dtype):
+    a, b = _f((2, 3, 4), dtype, 1, 0.5, 3), _f((3, 1), dtype, 2, 0.5, 3)
+    _check(BINARY[name], a, b)
+    _check(lambda x: BINARY[name](x, dtype(1.5)), a)
+
+
+@pytest.mark.parametrize("name", sorted(INT_BINARY))
+def test_integer_binary(name):
+    a = _rng(3).integers(-9, 9, (4, 5)).astype(np.int64)
+    b = _rng(4).integers(1, 5, (5,)).astype(np.int64)
+    _check(INT_BINARY[name], a, b)
+
+
+def test_mixed_dtypes_and_where():
+    _check(lambda a, b: a + b, I32, I64)
+    _check(lambda c, a, b: np.where(c, a, b), X > 0, X, _f((4,), seed=5))
+    _check(lambda a: np.where(a > 0, a, 0.0), X.astype(np.float64))
+
+
+SHAPES = {
+    "reshape": (lambda x: x.reshape(4, 3), X),
+    "transpose": (lambda x: x.transpose(2, 0, 1), _f((2, 3, 4))),
+    "broadcast_to": (lambda x: np.broadcast_to(x, (2, 3, 4)), _f((3, 1))),
+    "slice": (lambda x: x[1:3, ::-2], _f((4, 5))),
+    "slice_negative": (lambda x: x[::-1, 1:-1], _f((4, 5))),
+    "concat": (lambda x, y: np.concatenate([x, y, x], axis=1), X, _f((3, 2))),
+    "split": (lambda x: tuple(np.split(x, [1, 3], axis=1)), X),
+    "gather": (lambda x: np.take(x, np.array([2, 0, -1]), axis=1), X),
+    "tile": (lambda x: np.tile(x, (2, 1)), X),
+    "repeat": (lambda x: np.repeat(x, 2, axis=0), X),
+    "pad": (lambda x: np.pad(x, ((1, 0), (2, 1))), X),
+    "constant": (lambda x: x @ np.arange(8.0, dtype=np.float32).reshape(4, 2), X),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_shape_ops(name):
+    fn, *args = SHAPES[name]
+    _check(fn, *args)
+
+
+REDUCTIONS = {
+    "sum": lambda x: x.sum(axis=(0, 2)), "mean": lambda x: x.mean(axis=-1, keepdims=True),
+    "max": lambda x: x.max(axis=1), "min": lambda x: x.min(), "prod": lambda x: np.prod(x, axis=0),
+    "argmax": lambda x: np.argmax(x, axis=1), "argmin": lambda x: np.argmin(x, axis=0),
+    "cumsum": lambda x: np.cumsum(x, axis=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCTIONS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_reductions(name, dtype):
+    _check(REDUCTIONS[name], (_f((3, 4, 5), np.float64) * 4).astype(dtype))
+
+
+MATMULS = {
+    "2d": ((5, 7), (7, 3)), "vec_mat": ((7,), (7, 3)), "mat_vec": ((5, 7), (7,)), "vec_vec": ((7,), (7,)),
+    "batch_shared_b": ((2, 4, 5, 7), (7, 3)), "batch_both": ((2, 5, 7), (2, 7, 3)),
+    "batch_broadcast": ((2, 1, 5, 7), (3, 7, 4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MATMULS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_matmul(name, dtype):
+    sa, sb = MATMULS[name]
+    _check(np.matmul, (_f(sa, np.float64, 1) * 5).astype(dtype), (_f(sb, np.float64, 2) * 5).astype(dtype))
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh"])
+def test_fused_gemm_and_conv(activation):
+    x, w, b = _f((6, 8)), _f((8, 5), seed=1), _f((5,), seed=2)
+    _check(lambda x, w, b: _apply("gemm", [x, w, b], {"activation": activation}), x, w, b)
+    img, k, kb = _f((2, 3, 7, 7)), _f((4, 3, 3, 3), seed=3), _f((4,), seed=4)
+    attrs = {"strides": (1, 2), "pads": (1, 0, 1, 1), "dilations": (1, 1), "group": 1, "activation": activation}
+    _check(lambda x, w, b: _apply("fused_conv", [x, w, b], attrs), img, k, kb)
+
+
+CONVS = {  # (x shape, w shape, kwargs of tracer.ops.conv)
+    "3x3": ((2, 3, 9, 8), (4, 3, 3, 3), {"padding": 1}),
+    "strided_dilated": ((1, 2, 11, 10), (3, 2, 3, 2), {"stride": 2, "dilation": 2}),
+    "1x1": ((2, 6, 5, 5), (4, 6, 1, 1), {}),
+    "grouped": ((1, 4, 6, 6), (6, 2, 3, 3), {"groups": 2, "padding": 1}),
+    "depthwise": ((1, 4, 6, 6), (4, 1, 3, 3), {"groups": 4}),
+    "1d": ((2, 3, 12), (5, 3, 4), {"stride": 2, "padding": 1}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv(name, dtype):
+    sx, sw, kw = CONVS[name]
+    _check(lambda x, w, b: T.conv(x, w, b, **kw), _f(sx, dtype), _f(sw, dtype, 1), _f(sw[:1], dtype, 2))
+
+
+POOLS = {
+    "max_2x2": lambda x: T.max_pool2d(x, 2),
+    "max_3x3_s2_pad_ceil": lambda x: T.max_pool2d(x, 3, stride=2, padding=1, ceil_mode=True),
+    "avg_2x2": lambda x: T.avg_pool2d(x, 2),
+    "avg_3x3_pad": lambda x: T.avg_pool2d(x, 3, stride=2, padding=1),
+    "avg_ceil_include_pad": lambda x: T.avg_pool2d(x, 3, stride=2, padding=1, ceil_mode=True,
+                                                   count_include_pad=True),
+    "global_avg": lambda x: T.global_avg_pool2d(x),
+    "global_max": lambda x: _apply("global_max_pool", [x], {}),
+    "max_1d": lambda x: T.max_pool(x[:, :, 0], 3, stride=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(POOLS))
+def test_pooling(name):
+    x = _f((2, 3, 7, 8))
+    with_nan = x.copy()
+    with_nan[0, 1, 2, 3] = np.nan
+    _check(POOLS[name], x, run_args=[(x,), (with_nan,)])
+
+
+def test_normalizations_and_softmax():
+    x = _f((2, 3, 4, 5), np.float32)
+    _check(lambda x: T.softmax(x, axis=1), x)
+    _check(lambda x: T.log_softmax(x), x.astype(np.float64) * 30)
+    _check(lambda x, w, b: T.layer_norm(x, w, b), x, _f((4, 5), seed=1), _f((4, 5), seed=2))
+    _check(lambda x, w: T.layer_norm(x, w), x, _f((5,), seed=1))
+    _check(lambda x, m, v, w, b: T.batch_norm(x, m, v, w, b), x, _f((3,), seed=1), _f((3,), seed=2, lo=0.5, hi=2),
+           _f((3,), seed=3), _f((3,), seed=4))
+    _check(lambda x, w, b: _apply("instance_norm", [x, w, b], {"epsilon": 1e-5}), x, _f((3,), seed=1),
+           _f((3,), seed=2))
+
+
+def test_every_native_kernel_is_exercised_above():
+    # the op kinds these tests emit, found by tracing them
+    kinds: set[str] = set()
+
+    def collect(fn, *args):
+        kinds.update(op.kind for op in tracer.trace(fn, *args).ops)
+
+    for fn, x in UNARY.values():
+        collect(fn, x)
+    for name, attrs in ACTIVATIONS.items():
+        collect(lambda x, name=name, attrs=attrs: _apply(name.split("_tanh")[0], [x], attrs), X)
+    for fn in list(BINARY.values()) + list(INT_BINARY.values()):
+        collect(fn, I64, I64)
+    for fn, *args in SHAPES.values():
+        collect(fn, *args)
+    for fn in REDUCTIONS.values():
+        collect(fn, _f((3, 4, 5)))
+    for fn in POOLS.values():
+        collect(fn, _f((2, 3, 7, 8)))
+    kinds |= {"matmul", "gemm", "fused_conv", "conv", "where", "softmax", "log_softmax", "layer_norm",
+              "batch_norm", "instance_norm", "cast", "arange", "full", "shape_dim", "stop_gradient"}  # below
+    missing = set(nb.kernel_names()) - kinds
+    assert not missing, f"native kernels without a test: {sorted(missing)}"
+
+
+def test_creation_ops_with_symbolic_dims():
+    def fn(x):
+        ctx = context_of([x])
+        a = emit("arange", [], {"n": ("m",), "dtype": np.dtype(np.float64)}, ctx=ctx)
+        full = emit("full", [], {"shape": ("n", 2), "value": np.array(3, np.int32)}, ctx=ctx)
+        return x + a, full, emit("shape_dim", [x], {"axis": 0}), emit("stop_gradient", [x], {})
+
+    native, ref = _both(tracer.trace(fn, tracer.TensorSpec(("n", "m"), np.float64)))
+    for shape in ((2, 3), (5, 1), (0, 4)):
+        x = _f(shape, np.float64)
+        assert_agree(native.run(x), ref.run(x))
+
+
+def test_symbolic_dims_and_shape_dim():
+    g = tracer.trace(lambda x: (x.reshape(x.shape[0] * 2, -1) * 2.0, x.sum(axis=1)),
+                     tracer.TensorSpec(("batch", 4), np.float64))
+    native, ref = _both(g)
+    for b in (1, 3, 8):
+        x = _f((b, 4), np.float64)
+        assert_agree(native.run(x), ref.run(x))
+    g = tracer.trace(lambda x: (x[:, : x.shape[1] // 2] + 1.0, x[::-1, 1::-1], x.T[1:, ::-2]),
+                     tracer.TensorSpec(("n", "m"), np.float32))
+    native, ref = _both(g)
+    for shape in ((3, 6), (4, 2), (1, 5)):
+        assert_agree(native.run(_f(shape)), ref.run(_f(shape)))
+
+
+# ---- models ---------------------------------------------------------------------------------------
+
+ZOO = {"mlp": ("batch", 784), "lenet": ("batch", 1, 28, 28), "transformer_encoder": ("batch", 128, 256),
+       "resnet_tiny": ("batch", 3, 32, 32)}
+
+
+@pytest.fixture(scope="module")
+def zoo_files(tmp_path_factory):
+    out = {}
+    for name, spec in ZOO.items():
+        fn, (x, params) = importlib.import_module(f"models.zoo.{name}").build(0)
+        g = tracer.trace(fn, tracer.TensorSpec(spec, np.float32), params)
+        path = tmp_path_factory.mktemp("zoo") / f"{name}.castml"
+        path.write_bytes(to_bytes(g))
+        out[name] = (path, params)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_model_native_vs_numpy(name, zoo_files):
+    path, params = zoo_files[name]
+    native, ref = runtime.load(path, backend="native"), runtime.load(path)
+    for batch in (1, 7):
+        x = _f((batch,) + ZOO[name][1:], seed=batch)
+        assert_agree(native.run(x, params), ref.run(x, params))
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet_tiny", "transformer_encoder"])
+def test_optimized_zoo_model_native_vs_numpy(name, zoo_files):
+    """ir.optimize's fused ops (gemm, fused_conv, fused_elementwise regions) run natively too."""
+    import ir
+
+    path, params = zoo_files[name]
+    fn, _ = importlib.import_module(f"models.zoo.{name}").build(0)
+    g = ir.optimize(tracer.trace(lambda x: fn(x, params), tracer.TensorSpec(ZOO[name], np.float32)))
+    native, ref = _both(g)
+    kinds = {op.kind for op in g.ops}
+    assert kinds & {"gemm", "fused_conv", "fused_elementwise"}, kinds
+    for batch in (1, 3):
+        x = _f((batch,) + ZOO[name][1:], seed=batch)
+        assert_agree(native.run(x), ref.run(x))
+
+
+def test_sessions_are_thread_safe(zoo_files):
+    path, params = zoo_files["lenet"]
+    native, ref = runtime.load(path, backend="native"), runtime.load(path)
+    inputs = [_f((b, 1, 28, 28), seed=b) for b in (1, 2, 3, 5)]
+    expected = [ref.run(x, params) for x in inputs]
+    errors: list = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(12):
+                j = (k + i) % len(inputs)
+                assert_agree(native.run(inputs[j], params), expected[j])
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_castml_run_executable(zoo_files, tmp_path):
+    from runtime.native.build import executable_path
+
+    path, params = zoo_files["mlp"]
+    ref = runtime.load(path)
+    x = _f((3, 784))
+    info = ref.inputs
+    flat = dict(zip([i.name for i in info], [x] + _param_leaves(params)))
+    files = []
+    for i in info:
+        p = tmp_path / f"{i.name}.npy"
+        np.save(p, flat[i.name])
+        files.append(str(p))
+    out = tmp_path / "out.npz"
+    proc = subprocess.run([str(executable_path()), str(path), *files, "-o", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as z:
+        assert list(z.files) == [o.name for o in ref.outputs]
+        assert_agree(z[ref.outputs[0].name], ref.run(x, params))
+    bad = subprocess.run([str(executable_path()), str(path), files[0], "-o", str(out)], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 1 and "takes" in bad.stderr
+    np.save(tmp_path / "wrong.npy", x.astype(np.float64))
+    wrong = subprocess.run([str(executable_path()), str(path), str(tmp_path / "wrong.npy"), *files[1:], "-o",
+                            str(out)], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and "expected dtype" in wrong.stderr
+
+
+def _param_leaves(params) -> list:
+    from runtime import pytree
+
+    return pytree.flatten(params)[0]
+
+
+# ---- errors and backend selection ---------------------------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_file_gives_model_format_error(case, tmp_path):
+    spec, match = MALFORMED[case]
+    data = spec if isinstance(spec, bytes) else _hand_model(**spec)
+    p = tmp_path / "bad.castml"
+    p.write_bytes(data)
+    if match is None:
+        nb.load(p)
+        return
+    for source in (p, data):
+        with pytest.raises(runtime.ModelFormatError, match=match):
+            nb.load(source)
+
+
+W_CNN = _f((2, 1, 3, 3))
+CORRUPTION_GRAPHS = {  # small graphs covering the kernels whose attributes drive shape arithmetic
+    "mlp": (lambda x, w: np.maximum(x @ w, 0.0).sum(axis=1), (tracer.TensorSpec(("batch", 3), np.float32), _f((3, 4)))),
+    "cnn": (lambda x: T.max_pool2d(T.conv2d(x, W_CNN, padding=1), 2).reshape(x.shape[0], -1),
+            (tracer.TensorSpec(("n", 1, 6, 6), np.float32),)),
+    "shapes": (lambda x: T.softmax(np.pad(x.transpose(1, 0)[1:, ::-1], ((0, 1), (2, 0))) * 2.0),
+               (tracer.TensorSpec((3, "m"), np.float32),)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTION_GRAPHS))
+def test_random_corruption_gives_errors_never_crashes(name):
+    """Flipped bytes in the table region: the load fails with ModelFormatError, or the model
+    loads and then runs or fails with a CastmlError (kernels check attribute-driven shapes)."""
+    import math
+
+    from runtime.format.castml_fb import Model
+
+    fn, args = CORRUPTION_GRAPHS[name]
+    good = to_bytes(tracer.trace(fn, *args))
+    table_end = Model.Model.GetRootAs(good, 0).DataOffset()
+    rng = np.random.default_rng(11)
+    outcomes = {"ok": 0, "error": 0, "ran": 0, "run error": 0}
+    for trial in range(300):
+        data = bytearray(good)
+        if trial % 4 == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, table_end))] = int(rng.integers(0, 256))
+        try:
+            sess = nb.load(bytes(data))
+        except runtime.ModelFormatError:
+            outcomes["error"] += 1
+            continue
+        outcomes["ok"] += 1
+        try:
+            shapes = [tuple(d if isinstance(d, int) else 2 for d in i.shape) for i in sess.inputs]
+            if any(math.prod(s) > 10**5 or max(s, default=0) > 10**5 for s in shapes):
+                continue
+            sess._run_flat([np.ones(s, i.dtype) for s, i in zip(shapes, sess.inputs)])
+            outcomes["ran"] += 1
+        except runtime.CastmlError:
+            outcomes["run error"] += 1
+    assert outcomes["error"] > 100 and outcomes["ran"] > 0, outcomes
+
+
+def test_input_errors_are_runtime_input_errors(zoo_files):
+    path, params = zoo_files["mlp"]
+    native = runtime.load(path, backend="native")
+    with pytest.raises(runtime.RuntimeInputError, match="expected dtype"):
+        native.run(np.zeros((2, 784)), params)
+    with pytest.raises(runtime.RuntimeInputError, match="rank"):
+        native.run(np.zeros((784,), np.float32), params)
+    with pytest.raises(runtime.RuntimeInputError, match="takes 2 arguments"):
+        native.run(np.zeros((2, 784), np.float32))
+    g = tracer.trace(lambda a, b: a + b, tracer.TensorSpec(("n",), np.float32), tracer.TensorSpec(("n",), np.float32))
+    with pytest.raises(runtime.RuntimeInputError, match="from an earlier input"):
+        runtime.load(to_bytes(g), backend="native").run(np.zeros(2, np.float32), np.zeros(3, np.float32))
+
+
+def test_backend_selection_and_fallback():
+    data = to_bytes(tracer.trace(lambda x: np.exp(x) * 2.0, X))
+    assert runtime.load(data).backend == "numpy"
+    assert runtime.load(data, backend="auto").backend == "native"
+    # einsum has no native kernel: native names the op, auto falls back to NumPy
+    g = tracer.trace(lambda a, b: np.einsum("ij,jk->ik", a, b), X, _f((4, 2)))
+    with pytest.raises(nb.NativeUnsupportedError, match="einsum"):
+        runtime.load(to_bytes(g), backend="native")
+    sess = runtime.load(to_bytes(g), backend="auto")
+    assert sess.backend == "numpy"
+    assert_agree(sess.run(X, _f((4, 2))), np.einsum("ij,jk->ik", X, _f((4, 2))))
+    with pytest.raises(ValueError, match="backend"):
+        runtime.load(data, backend="gpu")
+    i16 = tracer.trace(lambda a: a + a, I32.astype(np.int16))  # dtypes without a native kernel fall back too
+    with pytest.raises(nb.NativeUnsupportedError, match="int16"):
+        runtime.load(to_bytes(i16), backend="native")
+    assert runtime.load(to_bytes(i16), backend="auto").backend == "numpy"
+
+
+def test_auto_uses_numpy_when_the_library_is_missing(tmp_path):
+    import os
+    import sys
+
+    path = tmp_path / "m.castml"
+    path.write_bytes(to_bytes(tracer.trace(lambda x: x * 3.0, X)))
+    code = ("import runtime, numpy as np, sys; s = runtime.load(sys.argv[1], backend='auto'); "
+            "print(s.backend, float(s.run(np.ones((3, 4), np.float32)).sum()))")
+    env = dict(os.environ, CASTML_NATIVE_LIB=str(tmp_path / "missing.so"))
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["numpy", "36.0"]
+    code = ("import runtime, sys\nfrom runtime.native_backend import NativeUnavailableError\n"
+            "try:\n    runtime.load(sys.argv[1], backend='native')\nexcept NativeUnavailableError as e:\n"
+            "    print('unavailable:', e)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and "unavailable:" in proc.stdout and "runtime.native.build" in proc.stdout, (
+        proc.stdout + proc.stderr)
+
+
+def test_pytrees_entries_and_metadata_match_numpy(tmp_path):
+    g = tracer.trace(lambda p, x: {"y": x @ p["w"] + p["b"], "n": [x.sum()]},
+                     {"w": _f((4, 2)), "b": _f((2,))}, tracer.TensorSpec(("batch", 4), np.float32))
+    data = to_bytes({"main": g, "double": tracer.trace(lambda v: v * 2, I32)})
+    native, ref = runtime.load(data, backend="native"), runtime.load(data)
+    assert native.entries == ref.entries
+    assert native.inputs == ref.inputs and native.outputs == ref.outputs
+    args = ({"w": _f((4, 2), seed=3), "b": _f((2,), seed=4)}, _f((5, 4)))
+    assert_agree(native.run(*args), ref.run(*args))
+    assert_agree(native.run(x=args[1], p=args[0]), ref.run(*args))
+    assert_agree(native["double"].run(I32), I32 * 2)
+
+
+@pytest.mark.slow
+def test_sanitized_build_replays_corpus_and_ops():
+    """ASan + UBSan build of the library, this file's format, corruption and op tests run against it."""
+    import os
+    import sys
+
+    from runtime.native.build import build, library_path
+
+    build(sanitize=True)
+    libs = [subprocess.run(["g++", f"-print-file-name={n}"], capture_output=True, text=True).stdout.strip()
+            for n in ("libasan.so", "libstdc++.so")]
+    env = dict(os.environ, LD_PRELOAD=" ".join(libs), ASAN_OPTIONS="detect_leaks=0",
+               UBSAN_OPTIONS="print_stacktrace=1", CASTML_NATIVE_LIB=str(library_path(sanitize=True)))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "malformed or corruption or unary or binary or shape_ops or conv or pooling or zoo"],
+                          capture_output=True, text=True, env=env, timeout=1500)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "runtime error" not in out and "AddressSanitizer" not in out, out[-4000:]
