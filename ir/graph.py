@@ -177,7 +177,7 @@ class Graph(Region):
     def __str__(self) -> str:
         from .printer import to_text
 
-        return to_text(self, elide=True)
+        return to_text(self, elide=True).rstrip("\n")
 
     def __repr__(self) -> str:
         return f"<ir.Graph {len(self.inputs)} inputs, {sum(1 for _ in self.walk())} ops>"

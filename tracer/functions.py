@@ -159,16 +159,17 @@ def var(a, axis=None, dtype=None, out=None, ddof=0, keepdims=False, *, where=Non
     acc = as_dtype(dtype) if dtype is not None else _result_dtype("var", x.dtype)
     x = astype(x, acc)
     axes = norm_axes(axis, x.ndim)
-    mu = emit("reduce_mean", [x], {"axes": axes, "keepdims": True})
+    n = _count(x, axes)
+
+    def as_acc(count):
+        return astype(count, acc) if isinstance(count, Tracer) else np.asarray(max(count, 0), acc)
+
+    # NumPy's _var: the mean is sum/n in the accumulation dtype (not np.mean, which sums float16
+    # in float32), so float16 results match bit for bit
+    mu = emit("reduce_sum", [x], {"axes": axes, "keepdims": True}) / as_acc(n)
     d = x - mu
     s = emit("reduce_sum", [d * d], {"axes": axes, "keepdims": bool(keepdims)})
-    n = _count(x, axes)
-    denom = n - ddof
-    if isinstance(denom, Tracer):
-        denom = astype(denom, acc)
-    else:
-        denom = np.asarray(max(denom, 0), acc)
-    return s / denom
+    return s / as_acc(n - ddof)
 
 
 @implements(np.std)

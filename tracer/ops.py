@@ -214,7 +214,7 @@ def erf(x: Any) -> Any:
     """The error function (2 ulp in float32, 1e-14 relative in float64).
 
     >>> round(float(erf(np.array(1.0))), 12)
-    0.842700792950
+    0.84270079295
     """
     return _apply("erf", [x], {})
 
