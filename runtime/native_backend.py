@@ -24,12 +24,11 @@ import numpy as np
 from . import pytree
 from .errors import CastmlError, KernelError, ModelFormatError, RuntimeInputError
 from .executor import _safe_scalar
-from .session import TensorInfo
+from .session import TensorInfo, match_arguments
 
 _DTYPES = {1: np.bool_, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.uint8, 7: np.uint16,
            8: np.uint32, 9: np.uint64, 10: np.float16, 11: np.float32, 12: np.float64}
 _CODES = {np.dtype(t): c for c, t in _DTYPES.items()}
-_MISSING = object()
 
 
 class NativeUnavailableError(CastmlError):
@@ -240,43 +239,10 @@ class NativeSession:
         """The entry's free-form metadata."""
         return dict(self._entry.metadata)
 
-    def _leaves(self, e: _EntryInfo, args: tuple, kwargs: dict) -> list:
-        n = len(e.arg_names)
-        if kwargs:
-            if len(args) > n:
-                raise RuntimeInputError(f"entry {e.name!r} takes {n} arguments ({', '.join(e.arg_names)}), "
-                                        f"got {len(args)} positional")
-            full = list(args) + [_MISSING] * (n - len(args))
-            for k, v in kwargs.items():
-                if k not in e.arg_names:
-                    raise RuntimeInputError(f"entry {e.name!r}: unexpected argument {k!r}; "
-                                            f"parameters are ({', '.join(e.arg_names)})")
-                i = e.arg_names.index(k)
-                if full[i] is not _MISSING:
-                    raise RuntimeInputError(f"entry {e.name!r}: argument {k!r} given twice")
-                full[i] = v
-            missing = [a for a, v in zip(e.arg_names, full) if v is _MISSING]
-            if missing:
-                raise RuntimeInputError(f"entry {e.name!r}: missing arguments {', '.join(missing)}")
-            args = tuple(full)
-        if len(args) != n:
-            raise RuntimeInputError(f"entry {e.name!r} takes {n} arguments ({', '.join(e.arg_names)}), "
-                                    f"got {len(args)}")
-        if e.flat_args and not any(isinstance(a, (tuple, list, dict)) or a is None for a in args):
-            return list(args)
-        try:
-            leaves, tree = pytree.flatten(tuple(args))
-        except TypeError as err:
-            raise RuntimeInputError(f"entry {e.name!r}: {err}") from None
-        if tree != e.in_tree:
-            raise RuntimeInputError(f"entry {e.name!r}: argument structure {pytree.treedef_to_json(tree)} does "
-                                    f"not match the traced {pytree.treedef_to_json(e.in_tree)}")
-        return leaves
-
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the entry on arguments shaped like the traced function's; returns its pytree."""
         e = self._entry
-        outs = self._run_flat(self._leaves(e, args, kwargs))
+        outs = self._run_flat(match_arguments(e, args, kwargs))
         if e.out_tree == pytree.LEAF:
             return outs[0]
         return pytree.unflatten(e.out_tree, outs)

@@ -82,7 +82,6 @@ class _Entry:
         self.program = Program(self.spec)
         self.in_tree, self.out_tree = gd.in_tree, gd.out_tree
         self.arg_names = list(gd.arg_names)
-        self.arg_index = {a: i for i, a in enumerate(self.arg_names)}
         self.flat_args = gd.in_tree == ("tuple", (pytree.LEAF,) * len(self.arg_names))
         self.single_out = gd.out_tree == pytree.LEAF
         r = gd.regions[0]
@@ -111,37 +110,51 @@ class _Entry:
 
     def leaves(self, args: tuple, kwargs: dict) -> list:
         """Match arguments (positional, or keywords by parameter name) and flatten them."""
-        n = len(self.arg_names)
-        if kwargs:
-            if len(args) > n:
-                raise RuntimeInputError(f"entry {self.name!r} takes {n} arguments ({', '.join(self.arg_names)}), "
-                                        f"got {len(args)} positional")
-            full = list(args) + [_MISSING] * (n - len(args))
-            for k, v in kwargs.items():
-                i = self.arg_index.get(k)
-                if i is None:
-                    raise RuntimeInputError(f"entry {self.name!r}: unexpected argument {k!r}; "
-                                            f"parameters are ({', '.join(self.arg_names)})")
-                if full[i] is not _MISSING:
-                    raise RuntimeInputError(f"entry {self.name!r}: argument {k!r} given twice")
-                full[i] = v
-            missing = [a for a, v in zip(self.arg_names, full) if v is _MISSING]
-            if missing:
-                raise RuntimeInputError(f"entry {self.name!r}: missing arguments {', '.join(missing)}")
-            args = tuple(full)
-        if len(args) != n:
-            raise RuntimeInputError(f"entry {self.name!r} takes {n} arguments ({', '.join(self.arg_names)}), "
-                                    f"got {len(args)}")
-        if self.flat_args and not any(isinstance(a, (tuple, list, dict)) or a is None for a in args):
-            return list(args)
-        try:
-            leaves, tree = pytree.flatten(tuple(args))
-        except TypeError as e:
-            raise RuntimeInputError(f"entry {self.name!r}: {e}") from None
-        if tree != self.in_tree:
-            raise RuntimeInputError(f"entry {self.name!r}: argument structure {pytree.treedef_to_json(tree)} does "
-                                    f"not match the traced {pytree.treedef_to_json(self.in_tree)}")
-        return leaves
+        return match_arguments(self, args, kwargs)
+
+
+def match_arguments(entry: Any, args: tuple, kwargs: dict) -> list:
+    """Bind `args`/`kwargs` to an entry's parameters and flatten them to its input leaves.
+
+    `entry` has `name`, `arg_names`, `in_tree` and `flat_args` (shared by the NumPy and the
+    native sessions). Raises `RuntimeInputError` naming the entry and the mismatch.
+
+    >>> from types import SimpleNamespace
+    >>> e = SimpleNamespace(name="main", arg_names=["x", "y"], in_tree=("tuple", (("*",), ("*",))), flat_args=True)
+    >>> match_arguments(e, (1,), {"y": 2})
+    [1, 2]
+    """
+    name, arg_names, n = entry.name, entry.arg_names, len(entry.arg_names)
+    if kwargs:
+        if len(args) > n:
+            raise RuntimeInputError(f"entry {name!r} takes {n} arguments ({', '.join(arg_names)}), "
+                                    f"got {len(args)} positional")
+        full = list(args) + [_MISSING] * (n - len(args))
+        for k, v in kwargs.items():
+            if k not in arg_names:
+                raise RuntimeInputError(f"entry {name!r}: unexpected argument {k!r}; "
+                                        f"parameters are ({', '.join(arg_names)})")
+            i = arg_names.index(k)
+            if full[i] is not _MISSING:
+                raise RuntimeInputError(f"entry {name!r}: argument {k!r} given twice")
+            full[i] = v
+        missing = [a for a, v in zip(arg_names, full) if v is _MISSING]
+        if missing:
+            raise RuntimeInputError(f"entry {name!r}: missing arguments {', '.join(missing)}")
+        args = tuple(full)
+    if len(args) != n:
+        raise RuntimeInputError(f"entry {name!r} takes {n} arguments ({', '.join(arg_names)}), "
+                                f"got {len(args)}")
+    if entry.flat_args and not any(isinstance(a, (tuple, list, dict)) or a is None for a in args):
+        return list(args)
+    try:
+        leaves, tree = pytree.flatten(tuple(args))
+    except TypeError as err:
+        raise RuntimeInputError(f"entry {name!r}: {err}") from None
+    if tree != entry.in_tree:
+        raise RuntimeInputError(f"entry {name!r}: argument structure {pytree.treedef_to_json(tree)} does "
+                                f"not match the traced {pytree.treedef_to_json(entry.in_tree)}")
+    return leaves
 
 
 def _owned(a: Any) -> np.ndarray:

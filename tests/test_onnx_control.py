@@ -23,21 +23,18 @@ import runtime
 import tracer
 from runtime import pytree
 from tests.helpers import assert_agree
+from tests.test_script import (  # the same scripted functions, here exported to ONNX
+    collatz_steps,
+    find_in_loop,
+    first_over,
+    halve_or_grow,
+    nested_sum,
+    sum_skipping_negatives,
+)
 from tracer import TensorSpec
 
 
 # --- the functions under test --------------------------------------------------------------------
-@tracer.script
-def halve_or_grow(x, n):
-    y = x
-    for _ in range(n):
-        if y.sum() > 0:
-            y = y * 0.5
-        else:
-            y = y + 1.0
-    return y
-
-
 @tracer.script
 def nested_branches(x):
     s = x.sum()
@@ -51,47 +48,6 @@ def nested_branches(x):
         y = -x
         tag = 0
     return y, tag
-
-
-@tracer.script
-def collatz_steps(n):
-    steps = 0
-    while n != 1:
-        if n % 2 == 0:
-            n = n // 2
-        else:
-            n = 3 * n + 1
-        steps += 1
-    return steps
-
-
-@tracer.script
-def first_over(x, limit):
-    found = -1
-    for i in range(x.shape[0]):
-        if x[i] > limit:
-            found = i
-            break
-    return found
-
-
-@tracer.script
-def sum_skipping_negatives(x):
-    total = np.zeros((), x.dtype)
-    for i in range(x.shape[0]):
-        if x[i] < 0:
-            continue
-        total = total + x[i]
-    return total
-
-
-@tracer.script
-def nested_sum(a, b):
-    total = 0.0
-    for i in range(a):
-        for j in range(b):
-            total = total + i * 10.0 + j
-    return total
 
 
 @tracer.script
@@ -115,14 +71,6 @@ def early_return(x):
     if x.sum() < 0:
         return x * 0.0
     return x * 2.0 + 1.0
-
-
-@tracer.script
-def find_in_loop(x, target):
-    for i in range(x.shape[0]):
-        if x[i] == target:
-            return i * 1
-    return -1
 
 
 @tracer.script
