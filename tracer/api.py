@@ -71,13 +71,13 @@ def _leaf_type(leaf: Any, where: str) -> tuple[TensorType, Any, bool]:
         return leaf.type, None, False
     if isinstance(leaf, Tracer):
         return leaf._value.type, leaf._concrete, leaf._weak
-    weak = type(leaf) in (int, float, bool)
+    weak = type(leaf) in (int, float)  # a Python bool argument becomes a strong b1 input
     try:
         arr = np.asarray(leaf)
         t = TensorType(as_dtype(arr.dtype), arr.shape)
     except (TypeError, ValueError) as e:
         raise TraceError(f"argument {where}: cannot trace a {type(leaf).__name__}: {e}") from None
-    return t, arr, weak and type(leaf) is not bool
+    return t, arr, weak
 
 
 @contextlib.contextmanager

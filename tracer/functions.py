@@ -229,7 +229,7 @@ def ufunc_reduce(ufunc, x, axis=0, dtype=None, keepdims=False, **kw):
 def _promote(*xs):
     ctx = context_of(xs)
     ts = [lift(x, ctx) for x in xs]
-    dt = np.result_type(*[t._concrete if False else t.dtype for t in ts])
+    dt = np.result_type(*[t.dtype for t in ts])
     return [astype(t, dt) for t in ts]
 
 
@@ -310,10 +310,8 @@ def where(condition, x=None, y=None):
 def _result_type(*xs) -> np.dtype:
     from .numpy_api import _dtype_arg
 
-    args = [_dtype_arg(x) for x in xs]
-    if all(isinstance(a, type) for a in args):
-        return np.result_type(*[a(0) for a in args])
-    return np.result_type(*[a if not isinstance(a, type) else a(0) for a in args])
+    # weak Python scalar types become values of that type, which np.result_type treats as weak
+    return np.result_type(*[a(0) if isinstance(a, type) else a for a in map(_dtype_arg, xs)])
 
 
 @implements(np.clip)

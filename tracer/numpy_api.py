@@ -49,8 +49,7 @@ def _resolve(ufunc: np.ufunc, inputs: tuple, dtype=None) -> tuple:
         return resolved
     except TypeError:
         if all(isinstance(a, type) for a in args):  # only weak scalars: NumPy makes them default dtypes
-            strong = tuple(np.asarray(x._concrete if isinstance(x, Tracer) else x).dtype
-                           if not isinstance(x, Tracer) else x.dtype for x in inputs)
+            strong = tuple(x.dtype if isinstance(x, Tracer) else np.asarray(x).dtype for x in inputs)
             return ufunc.resolve_dtypes(strong + (None,) * ufunc.nout)
         names = ", ".join(str(a if not isinstance(a, type) else a.__name__) for a in args)
         raise trace_error(f"np.{ufunc.__name__} has no loop for ({names})") from None
