@@ -121,7 +121,7 @@ class Graph(Region):
 
     >>> import tracer
     >>> g = tracer.trace(lambda x: x * x, 2.0)
-    >>> print(g)
+    >>> print(g, end="")
     graph(%x: f64[]) {
       %0: f64[] = mul(%x, %x)
       return %0
@@ -177,7 +177,7 @@ class Graph(Region):
     def __str__(self) -> str:
         from .printer import to_text
 
-        return to_text(self, elide=True).rstrip("\n")
+        return to_text(self, elide=True)
 
     def __repr__(self) -> str:
         return f"<ir.Graph {len(self.inputs)} inputs, {sum(1 for _ in self.walk())} ops>"

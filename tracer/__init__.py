@@ -2,7 +2,7 @@
 
 >>> import numpy as np, tracer
 >>> g = tracer.trace(lambda x: np.maximum(x, 0.0), tracer.TensorSpec(("batch", 3), np.float32))
->>> print(g)
+>>> print(g, end="")
 graph(%x: f32[batch,3]) {
   %0: f32[] = constant[value=tensor<f32[]: [0.0]>]()
   %1: f32[batch,3] = maximum(%x, %0)
