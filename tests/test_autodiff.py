@@ -116,6 +116,11 @@ CASES += [
     ("einsum", _nn((2, 3), (1,)), {"equation": "ij,k->jk"}),
     ("einsum", _nn((2, 3), (1, 3)), {"equation": "ij,kj->i"}),
     ("einsum", _nn((2, 3), (3,), (3, 2)), {"equation": "ij,j,jk->ik"}),
+    ("einsum", _nn((3, 3)), {"equation": "ii->i"}), ("einsum", _nn((3, 3)), {"equation": "ii->"}),
+    ("einsum", _nn((3, 3, 2)), {"equation": "iij->j"}),
+    ("einsum", _nn((2, 3, 2), (3, 2)), {"equation": "iji,jk->ki"}),
+    ("einsum", _nn((2, 2, 2), (2,)), {"equation": "iii,i->"}),
+    ("matmul", _nn((2, 3, 4), (4, 2)), {}),
     ("reshape", _u(-1, 1, (2, 6)), {"shape": (3, 2, 2)}),
     ("transpose", _u(-1, 1, (2, 3, 4)), {"perm": (2, 0, 1)}),
     ("broadcast_to", _u(-1, 1, (3, 1)), {"shape": (2, 3, 4)}),
@@ -141,6 +146,7 @@ CASES += [
     ("conv", _nn((2, 3, 6, 5), (4, 3, 3, 2), (4,)), _conv_attrs(2, s=2, p=1)),
     ("conv", _nn((1, 4, 7), (2, 2, 3)), _conv_attrs(1, d=2, g=2)),
     ("conv", _nn((1, 2, 5, 5), (2, 1, 2, 2)), _conv_attrs(2, s=2, g=2, p=1)),
+    ("conv", _nn((1, 2, 7), (2, 2, 3)), _conv_attrs(1, s=3, p=2)),
     ("conv_transpose", _nn((1, 2, 3, 3), (2, 3, 3, 2), (3,)),
      {**_conv_attrs(2, s=2, p=1), "output_padding": (1, 0)}),
     ("conv_transpose", _nn((1, 4, 3), (4, 1, 2)), {**_conv_attrs(1, d=2, g=2), "output_padding": (0,)}),
@@ -312,6 +318,118 @@ def test_reduction_gradients_over_random_axes(data, kind):
     rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
     x = rng.permutation(np.linspace(0.5, 1.5, int(np.prod(shape)))).reshape(shape)  # distinct: no ties
     check_gradient(kind, [x], {"axes": axes, "keepdims": keepdims})
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_einsum_gradients_with_repeated_indices(data):
+    # operands that repeat a letter read a diagonal ("ii->i", "iij->j", traces): the gradient
+    # lands on that diagonal; the output keeps a random subset of the letters, in random order
+    sizes = {ch: data.draw(st.integers(1, 3)) for ch in "ijk"}
+    n_ops = data.draw(st.integers(1, 2))
+    specs = ["".join(data.draw(st.lists(st.sampled_from("ijk"), min_size=1, max_size=3))) for _ in range(n_ops)]
+    if all(len(set(sp)) == len(sp) for sp in specs):
+        specs[0] += specs[0][0]
+    letters = sorted(set("".join(specs)))
+    out = "".join(data.draw(st.permutations(letters))[:data.draw(st.integers(0, len(letters)))])
+    rng = np.random.default_rng(data.draw(st.integers(0, 1000)))
+    inputs = [rng.uniform(-1, 1, tuple(sizes[ch] for ch in sp)) for sp in specs]
+    check_gradient("einsum", inputs, {"equation": ",".join(specs) + "->" + out})
+
+
+def test_einsum_diagonal_gradient_with_symbolic_size():
+    g = tracer.trace(lambda a, v: np.sum(np.einsum("iij,j->i", a, v) ** 2),
+                     tracer.TensorSpec(("n", "n", 3), np.float64), np.ones(3))
+    gg = ir.grad(g, wrt=(0, 1))
+    ir.verify(gg)
+    assert str(gg.outputs[0].type) == "f64[n,n,3]"
+    rng = np.random.default_rng(3)
+    for n in (2, 4):
+        a, v = rng.uniform(-1, 1, (n, n, 3)), rng.uniform(-1, 1, 3)
+        da, dv = ir.interpret(gg, a, v)
+        diag = np.einsum("iij->ij", a)
+        y = diag @ v
+        ref_da = np.zeros_like(a)
+        ref_da[np.arange(n), np.arange(n)] = 2 * y[:, None] * v
+        assert_agree(da, ref_da)
+        assert_agree(dv, 2 * diag.T @ y)
+
+
+SYMBOLIC_CONVS = [  # (kind, symbolic input shape, other inputs, attrs, two concrete input shapes)
+    ("conv", ("n", 2, "h", "w"), [(3, 2, 3, 2), (3,)],
+     {"strides": (2, 3), "pads": (1, 0, 1, 1), "dilations": (1, 1), "group": 1}, [(1, 2, 5, 7), (2, 2, 6, 5)]),
+    ("conv", ("n", 4, "l"), [(2, 2, 2)], {"strides": (2,), "pads": (0, 1), "dilations": (2,), "group": 2},
+     [(1, 4, 7), (2, 4, 10)]),
+    ("conv", (1, 1, "h", "w"), [(2, 1, 2, 2)], {"strides": (1, 1), "pads": (0, 0, 0, 0), "dilations": (1, 1),
+                                                "group": 1}, [(1, 1, 3, 4), (1, 1, 5, 3)]),
+    ("conv_transpose", ("n", 2, "l"), [(2, 3, 3), (3,)],
+     {"strides": (2,), "pads": (1, 0), "dilations": (1,), "group": 1, "output_padding": (1,)}, [(1, 2, 3), (2, 2, 5)]),
+]
+
+
+@pytest.mark.parametrize("case", SYMBOLIC_CONVS, ids=[f"{c[0]}-{i}" for i, c in enumerate(SYMBOLIC_CONVS)])
+def test_conv_gradients_with_symbolic_spatial_dims(case):
+    # traced once with symbolic batch/spatial dims (stride > 1: the input gradient's output
+    # padding is symbolic; the weight gradient cannot use the cotangent as a static kernel),
+    # then run at two concrete sizes against finite differences
+    kind, shape, others, attrs, concrete = case
+    rng = np.random.default_rng(5)
+    weights = [rng.uniform(-1, 1, s) for s in others]
+    g = Graph.from_inputs([("x0", ir.TensorType(np.float64, shape))]
+                          + [(f"x{i + 1}", type_of(a)) for i, a in enumerate(weights)])
+    op = g.add_op(kind, g.inputs, attrs)
+    g.outputs, g.out_tree = list(op.outputs), pytree.LEAF
+    g = scalarized(g)
+    wrt = tuple(range(len(g.inputs)))
+    gg = ir.grad(g, wrt=wrt)
+    ir.verify(gg)
+    assert gg.outputs[0].type == g.inputs[0].type
+    for s in concrete:
+        inputs = [rng.uniform(-1, 1, s), *weights]
+        got = ir.interpret(gg, *inputs)
+        for i, a, r in zip(wrt, got, fd_gradient(g, inputs, list(wrt))):
+            assert_fd_close(a, r, f"{kind} at {s} d/dx{i}")
+
+
+def _strided_conv_loss(x, w):
+    from tracer import ops as F
+
+    return np.sum(F.conv2d(x, w, stride=2, padding=1) ** 2)
+
+
+def test_symbolic_strided_conv_gradient_runs_in_the_runtime(tmp_path):
+    # the optimized gradient graph, saved and run by the runtime at two sizes, matches the
+    # gradient of graphs traced at those concrete sizes
+    exporters = pytest.importorskip("exporters")
+    import runtime
+
+    w = np.random.default_rng(0).uniform(-1, 1, (2, 3, 3, 3)).astype(np.float32)
+    g = tracer.trace(_strided_conv_loss, tracer.TensorSpec(("n", 3, "h", "w"), np.float32), w)
+    gg = ir.optimize(ir.grad(g, wrt=(0, 1)))
+    exporters.save(gg, str(tmp_path / "g.castml"))
+    sess = runtime.load(str(tmp_path / "g.castml"), backend="numpy")
+    rng = np.random.default_rng(1)
+    for shape in ((1, 3, 7, 6), (2, 3, 8, 9)):
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        ref = ir.interpret(ir.grad(tracer.trace(_strided_conv_loss, x, w), wrt=(0, 1)), x, w)
+        assert_agree(sess.run(x, w), ref)
+
+
+def test_symbolic_conv_and_diagonal_gradients_match_onnxruntime():
+    exporters = pytest.importorskip("exporters")
+    ort = pytest.importorskip("onnxruntime")
+
+    def loss(x, w):
+        return _strided_conv_loss(x, w) + np.sum(np.einsum("ii->i", x[0, 0, :3, :3]) ** 2)
+
+    w = np.random.default_rng(0).uniform(-1, 1, (2, 3, 3, 3)).astype(np.float32)
+    gg = ir.grad(tracer.trace(loss, tracer.TensorSpec(("n", 3, "h", "w"), np.float32), w), wrt=(0, 1))
+    sess = ort.InferenceSession(exporters.to_onnx(gg).SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    rng = np.random.default_rng(2)
+    for shape in ((1, 3, 7, 6), (2, 3, 8, 9)):
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        assert_agree(tuple(sess.run(None, dict(zip(names, [x, w])))), ir.interpret(gg, x, w))
 
 
 def test_max_reduction_splits_ties_equally():

@@ -150,6 +150,9 @@ NN_CASES = {
     "gelu": (lambda x, w, b: F.gelu(x), 0),
     "gelu_tanh": (lambda x, w, b: F.gelu(x, approximate="tanh"), 0),
     "sigmoid": (lambda x, w, b: F.sigmoid(x), 0),
+    "einsum_diagonal": (lambda x, w, b: np.einsum("ijj,kij->ki", x[0, :3, :3, :3], w[:, 0]), 0),
+    "einsum_trace": (lambda x, w, b: np.einsum("ii->", x[0, 0]) * x[1, 2], 0),
+    "einsum_diagonal_weight": (lambda x, w, b: np.einsum("ijj,kij->ki", x[0, :, :3, :3], w[:, :, 1]), 1),
 }
 
 

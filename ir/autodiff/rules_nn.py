@@ -2,9 +2,11 @@
 
 All backward passes are built from registry ops, so they differentiate again and export to
 ONNX without new lowerings:
-- conv: the input gradient is a `conv_transpose` with the forward window, the weight gradient
-  a `conv` of the input (batch as channels) with the output cotangent as the kernel (stride and
-  dilation swap roles); `conv_transpose` uses the same two helpers the other way round.
+- conv: the input gradient is a `conv_transpose` with the forward window (sliced back to the
+  input's length where a symbolic spatial dim makes its output padding symbolic), the weight
+  gradient a `conv` of the input (batch as channels) with the output cotangent as the kernel
+  (stride and dilation swap roles), or, for symbolic spatial dims, one `einsum` per kernel
+  offset; `conv_transpose` uses the same helpers the other way round.
 - pools: one strided `slice` per kernel offset reads the windows; the cotangent is added back
   with `slice_update`. max_pool splits it equally among ties (like the max reductions);
   avg_pool divides by the count of cells each window averaged over.
@@ -21,7 +23,7 @@ from runtime import dims as D
 
 from ..graph import Op, Value
 from ..types import TensorType
-from .rules_common import AutodiffError, Builder, register_rules
+from .rules_common import AutodiffError, Builder, is_float, register_rules
 from .rules_reduce import extremum_grad
 
 
@@ -30,13 +32,17 @@ def _bias_grad(b: Builder, ct: Value) -> Value:
 
 
 def conv_weight_grad(b: Builder, inp: Value, out_ct: Value, kernel: tuple, attrs: dict) -> Value:
-    """∂<conv(inp, w), out_ct>/∂w, of shape (C_out, C_in/group, *kernel)."""
+    """∂<conv(inp, w), out_ct>/∂w, of shape (C_out, C_in/group, *kernel).
+
+    Static spatial dims: one `conv` of the input (batch as channels) with the cotangent as the
+    kernel. Symbolic ones (a kernel's dims must be static): one contraction per kernel offset
+    (`conv_weight_grad_by_offsets`)."""
+    if not all(isinstance(d, int) for d in out_ct.shape[2:]):
+        return conv_weight_grad_by_offsets(b, inp, out_ct, kernel, attrs)
     nd = len(kernel)
     g = attrs["group"]
     n, c = inp.shape[:2]
     spatial = tuple(range(2, 2 + nd))
-    if not all(isinstance(d, int) for d in out_ct.shape[2:]):
-        raise AutodiffError(f"conv weight gradient needs static spatial output dims, got {out_ct.type}")
     if g == 1:
         batch_as_channels = b.transpose(inp, (1, 0) + spatial)
     else:
@@ -54,25 +60,98 @@ def conv_weight_grad(b: Builder, inp: Value, out_ct: Value, kernel: tuple, attrs
     return dw
 
 
-def _conv(b: Builder, op: Op, cts: list) -> list:
-    x, w = op.inputs[:2]
-    ct = cts[0]
+def conv_weight_grad_by_offsets(b: Builder, inp: Value, out_ct: Value, kernel: tuple, attrs: dict) -> Value:
+    """`conv_weight_grad` for any (symbolic) spatial dims: for each kernel offset, the strided
+    slice of the padded input that the offset reads, contracted with `out_ct` over batch and
+    space by an `einsum`; the offsets' (C_out, C_in/group) blocks are stacked into the kernel.
+
+    >>> import numpy as np, ir
+    >>> from ir.graph import Graph
+    >>> g = Graph.from_inputs([("x", TensorType(np.float64, ("n", 1, "h"))),
+    ...                        ("ct", TensorType(np.float64, ("n", 1, "h-1")))])
+    >>> dw = conv_weight_grad_by_offsets(Builder(g), *g.inputs, (2,), {"strides": (1,), "pads": (0, 0),
+    ...                                  "dilations": (1,), "group": 1})
+    >>> g.outputs, g.out_tree = [dw], ("*",); str(dw.type)
+    'f64[1,1,2]'
+    >>> ir.interpret(g, np.array([[[1.0, 2.0, 3.0]]]), np.array([[[1.0, 10.0]]])).tolist()
+    [[[21.0, 32.0]]]
+    """
+    nd = len(kernel)
+    g = attrs["group"]
+    strides, pads = tuple(attrs["strides"]), tuple(attrs["pads"])
+    dil = tuple(attrs.get("dilations", (1,) * nd))
+    n, c = inp.shape[:2]
+    c_out = out_ct.shape[1]
+    out = out_ct.shape[2:]
+    padded = inp
+    if any(pads):
+        padded = b.op("pad", inp, pads=(0, 0) + pads[:nd] + (0, 0) + pads[nd:], mode="constant", value=0.0)
+    cg, og = D.floordiv(c, g), D.floordiv(c_out, g)
+    ct_groups = b.reshape(out_ct, (n, g, og) + out)
+    space = "".join("stuvwxyz"[i] for i in range(nd))
+    equation = f"ngo{space},ngi{space}->goi"
+    blocks = []
+    for off in itertools.product(*(range(k) for k in kernel)):
+        starts = (0, 0) + tuple(o * dl for o, dl in zip(off, dil))
+        stops = (n, c) + tuple(D.add(st, D.add(D.mul(D.sub(o, 1), s), 1))
+                               for st, o, s in zip(starts[2:], out, strides))
+        window = b.op("slice", padded, starts=starts, stops=stops, steps=(1, 1) + strides)
+        window = b.reshape(window, (n, g, cg) + out)
+        block = b.op("einsum", ct_groups, window, equation=equation)
+        blocks.append(b.reshape(block, (c_out, cg, 1)))
+    stacked = blocks[0] if len(blocks) == 1 else b.op("concat", *blocks, axis=2)
+    return b.reshape(stacked, (c_out, cg) + tuple(kernel))
+
+
+def conv_input_grad(b: Builder, x: Value, w: Value, ct: Value, attrs: dict) -> Value:
+    """∂<conv(x, w), ct>/∂x: a `conv_transpose` with the forward window.
+
+    Its `output_padding` is the part of x the last window did not reach, (x + pads - span) mod
+    stride along each axis. Where that is symbolic (a symbolic spatial dim with stride > 1),
+    the transpose runs with the largest possible padding, stride - 1, and is sliced back to x's
+    length: output padding only appends positions at the end, so the others are unchanged.
+
+    >>> import numpy as np, ir
+    >>> from ir.graph import Graph
+    >>> g = Graph.from_inputs([("x", TensorType(np.float64, (1, 1, "h"))), ("w", TensorType(np.float64, (1, 1, 2))),
+    ...                        ("ct", TensorType(np.float64, (1, 1, "(h-2)//2+1")))])
+    >>> dx = conv_input_grad(Builder(g), *g.inputs, {"strides": (2,), "pads": (0, 0), "dilations": (1,), "group": 1})
+    >>> g.outputs, g.out_tree = [dx], ("*",); str(dx.type)
+    'f64[1,1,h]'
+    >>> ir.interpret(g, np.zeros((1, 1, 5)), np.array([[[1.0, 10.0]]]), np.array([[[1.0, 2.0]]])).tolist()
+    [[[1.0, 10.0, 2.0, 20.0, 0.0]]]
+    """
     nd = len(x.shape) - 2
-    s, p = op.attrs["strides"], op.attrs["pads"]
-    d = op.attrs.get("dilations", (1,) * nd)
+    s, p = tuple(attrs["strides"]), tuple(attrs["pads"])
+    d = tuple(attrs.get("dilations", (1,) * nd))
     kernel = w.shape[2:]
-    out_pad = []
+    out_pad, crop = [], False
     for i in range(nd):
         full = D.add(D.mul(D.sub(ct.shape[2 + i], 1), s[i]), (kernel[i] - 1) * d[i] + 1 - p[i] - p[nd + i])
         extra = D.sub(x.shape[2 + i], full)
-        if not isinstance(extra, int):
-            raise AutodiffError(f"conv input gradient: spatial dim {x.shape[2 + i]} with stride {s[i]} leaves a "
-                                f"symbolic remainder ({extra}); use static spatial dims or stride 1")
-        out_pad.append(extra)
-    dx = b.op("conv_transpose", ct, w, strides=tuple(s), pads=tuple(p), dilations=tuple(d),
-              group=op.attrs["group"], output_padding=tuple(out_pad))
-    dw = conv_weight_grad(b, x, ct, kernel, op.attrs)
-    grads = [dx, dw]
+        if isinstance(extra, int):
+            out_pad.append(extra)
+        else:
+            out_pad.append(s[i] - 1)
+            crop = True
+    dx = b.op("conv_transpose", ct, w, strides=s, pads=p, dilations=d, group=attrs["group"],
+              output_padding=tuple(out_pad))
+    if crop:
+        dx = b.op("slice", dx, starts=(0,) * (nd + 2), stops=x.shape, steps=(1,) * (nd + 2))
+    return dx
+
+
+def _wanted(b: Builder, v: Value) -> bool:
+    """Whether a cotangent for input `v` is needed (a gradient flows to it)."""
+    active = getattr(b, "active", None)
+    return is_float(v) and (active is None or id(v) in active)
+
+
+def _conv(b: Builder, op: Op, cts: list) -> list:
+    x, w = op.inputs[:2]
+    ct = cts[0]
+    grads = [conv_input_grad(b, x, w, ct, op.attrs) if _wanted(b, x) else None,
+             conv_weight_grad(b, x, ct, w.shape[2:], op.attrs) if _wanted(b, w) else None]
     if len(op.inputs) == 3:
         grads.append(_bias_grad(b, ct))
     return grads
@@ -82,9 +161,12 @@ def _conv_transpose(b: Builder, op: Op, cts: list) -> list:
     x, w = op.inputs[:2]
     ct = cts[0]
     attrs = {k: op.attrs[k] for k in ("strides", "pads", "dilations", "group")}
-    dx = b.op("conv", ct, w, **attrs)
-    dw = conv_weight_grad(b, ct, x, w.shape[2:], attrs)
-    grads = [dx, dw]
+    dx = None
+    if _wanted(b, x):
+        # with symbolic spatial dims the conv's length is x's, in a form the dims algebra may
+        # not reduce to it ((l*2-1)//2+1 for l): restate it
+        dx = b.reshape(b.op("conv", ct, w, **attrs), x.shape)
+    grads = [dx, conv_weight_grad(b, ct, x, w.shape[2:], attrs) if _wanted(b, w) else None]
     if len(op.inputs) == 3:
         grads.append(_bias_grad(b, ct))
     return grads
