@@ -33,7 +33,7 @@ import numpy as np
 
 import runtime
 from runtime import dims as D
-from runtime import limits, pytree
+from runtime import limits, native_backend, pytree
 
 # byte mutations applied systematically to every structure byte
 BYTE_OPS = ("bit0", "bit1", "bit2", "bit3", "bit4", "bit5", "bit6", "bit7", "zero", "ones", "inc", "dec")
@@ -44,6 +44,12 @@ INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0
 FUZZ_LIMITS = dict(max_tensor_bytes=64 << 20, max_intermediate_bytes=256 << 20, max_loop_iterations=10_000)
 ADDRESS_SPACE_HEADROOM = 2 << 30
 PEAK_RSS_MARGIN = 256 << 20  # the interpreter's own growth (imports, caches) over a run
+# the runtimes each .castml case runs on (a crash of the C++ loader shows as a worker crash)
+# a worker is replaced after this many cases: the peak-RSS check reads a lifetime high-water mark,
+# and the allocator keeps freed memory (glibc raises its mmap threshold after big frees), so a
+# long-lived worker drifts up by ~100 KiB a case on large models without any case using more
+CASES_PER_WORKER = 500
+BACKENDS = ("numpy", "native") if native_backend.available() else ("numpy",)
 
 
 @dataclass
@@ -290,13 +296,15 @@ def make_args(infos: list, tree: Any, rng: np.random.Generator) -> tuple:
 
 
 def run_castml(seed: SeedFile, data: bytes, rng: np.random.Generator) -> None:
-    """Load with the runtime and run every entry; then read the file back into the IR."""
+    """Load with the NumPy runtime (and the native one, when built) and run every entry; then read
+    the file back into the IR."""
     from exporters.castml_format import load_castml_all
 
-    sess = runtime.load(data)
-    for name in sess.entries:
-        entry = sess[name]
-        entry.run(*make_args(entry.inputs, seed.trees.get(name), rng))
+    for backend in BACKENDS:
+        sess = runtime.load(data, backend=backend)
+        for name in sess.entries:
+            entry = sess[name]
+            entry.run(*make_args(entry.inputs, seed.trees.get(name), rng))
     load_castml_all(data)
 
 
@@ -390,6 +398,7 @@ class _Worker:
         child.close()
         self.case: int | None = None
         self.started = 0.0
+        self.done = 0
 
     def submit(self, i: int) -> None:
         self.case, self.started = i, time.monotonic()
@@ -484,7 +493,8 @@ def fuzz(seeds: list[SeedFile], cases: int, seed: int = 0, time_limit: float = 2
                 report.histogram[label] += 1
                 if bad:
                     report.findings.append((i, label, desc, tb))
-                if label.startswith(("crash", "hang", "memory")):
+                w.done += 1
+                if label.startswith(("crash", "hang", "memory")) or w.done >= CASES_PER_WORKER:
                     w.kill()
                     workers[workers.index(w)] = w = _Worker(ctx, space)
                 w.case = None

@@ -149,7 +149,11 @@ def _spatial_upper(x, attrs: dict) -> int:
 
 
 def _conv_upper(ins, attrs: dict) -> int:
-    return _spatial_upper(ins[0], attrs) // max(np.shape(ins[0])[1], 1) * np.shape(ins[1])[0]
+    """The larger of the output and the im2col workspace (N x C*prod(kernel) x output positions),
+    both bounded through the padded input: pads in a mutated file must not reach either."""
+    padded = _spatial_upper(ins[0], attrs)
+    taps = _prod(np.shape(ins[1])[2:])
+    return max(padded // max(np.shape(ins[0])[1], 1) * np.shape(ins[1])[0], padded * taps)
 
 
 def _einsum_upper(ins, attrs: dict) -> int:
@@ -241,6 +245,7 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
     # broadcasting and matmul outputs hold at most the product of their inputs' sizes: when that
     # product is small (the usual case) the exact rule is skipped, keeping the guard ~1 us an op
     product_bounded = rule is _broadcast_upper or kind in ("matmul", "gemm", "einsum", "gather")
+    what = "the output or its im2col workspace would take" if rule is _conv_upper else "the output would take"
 
     def guarded(*ins, **attrs):
         lim = _current.max_tensor_bytes
@@ -256,7 +261,7 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
             except (TypeError, ValueError, KeyError, IndexError, OverflowError):
                 n = 0  # malformed attributes: the kernel reports them
             if n * itemsize > lim:
-                raise _too_big("the output would take", n * itemsize, label)
+                raise _too_big(what, n * itemsize, label)
         return _checked_out(kernel(*ins, **attrs), lim, label, n_out)
 
     return guarded

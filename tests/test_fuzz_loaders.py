@@ -256,6 +256,19 @@ def test_a_mutated_size_attribute_is_refused_before_allocating(op, attrs, out):
         sess.run(*[np.ones(2, np.float32)] * len(ins))
 
 
+def test_conv_pads_that_blow_up_the_im2col_workspace_are_refused_before_allocating():
+    """The output bound alone (N x M x padded spatial) fits the limit; the im2col matrix is 49 times
+    that (a 7x7 kernel): found by the 1M-case fuzz run, where a flipped bit in `pads` made the
+    NumPy conv allocate ~650 MB before the declared shape check could fail."""
+    attrs = (("pads", INTS, "ints", (2, 0, 2, 25_000)),)
+    data = _hand_model(values=(("x", F32, (1, 1, 4, 4)), ("w", F32, (1, 1, 7, 7)), ("", F32, (1, 1, 2, 2))),
+                       ops=(("conv", (0, 1), (2,), attrs),), region_inputs=(0, 1), region_outputs=(2,),
+                       in_tree=_tuple_tree(2), arg_names=("x", "w"), input_names=("x", "w"))
+    sess = runtime.load(data, backend="numpy")
+    with pytest.raises(RuntimeInputError, match=r"im2col workspace would take .*max_tensor_bytes"):
+        sess.run(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 7, 7), np.float32))
+
+
 def test_an_op_declaring_the_wrong_number_of_outputs_is_refused():
     """The runtime knows no type rules: a `neg` declaring two results must fail, not hand back None."""
     data = _hand_model(values=(("x", F32, (2,)), ("", F32, (2,)), ("", F32, (2,))),
