@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -235,6 +234,7 @@ def max_abs_error(got: Any, ref: Any) -> tuple[float, bool]:
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temp path next to `path`; on success it replaces `path` atomically.
 
+    >>> import tempfile
     >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
     >>> with atomic_path(target) as tmp, open(tmp, "w") as f:
     ...     _ = f.write("done")
@@ -244,20 +244,16 @@ def atomic_path(path: str) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CliError(f"output folder {folder!r} does not exist")
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".castml-", suffix=suffix, dir=folder)
-    os.close(fd)
-    try:
+    from exporters.atomic import atomic_path as exporters_atomic_path  # one writer for all; lazy: exporters is heavy
+
+    with exporters_atomic_path(path) as tmp:
         yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Write named arrays to an `.npz` file atomically.
 
+    >>> import tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "o.npz"); save_npz(path, {"y": np.ones(2)})
     >>> np.load(path)["y"].tolist()
     [1.0, 1.0]

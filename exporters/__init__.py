@@ -2,7 +2,8 @@
 
 Why one entry point: users say where the model goes (`m.onnx`, `m.castml`) and castml picks the
 writer, as `torch.save`/`tf.saved_model.save` do. Writes are atomic (temp file in the same
-directory, fsync, `os.replace`), so a crash never leaves a torn model behind. Importing this
+directory, fsync, `os.replace`; see `exporters.atomic`), so a crash never leaves a torn model
+behind, and the next save removes temp files a killed save left. Importing this
 package attaches every op's ONNX lowering to the registry (`ir.get_op(kind).onnx`).
 
 >>> import numpy as np, tracer, tempfile, os
@@ -15,16 +16,16 @@ True
 from __future__ import annotations
 
 import os
-import tempfile
 
 from ir.graph import Graph
 
 from . import onnx_lowering  # noqa: F401  (fills `OpDef.onnx`)
+from .atomic import write_atomic
 from .errors import ExportError, UnsupportedOpError
 from .onnx_export import to_onnx
 from .onnx_import import from_onnx, load_onnx
 
-__all__ = ["ExportError", "UnsupportedOpError", "to_onnx", "from_onnx", "save", "load", "load_all"]
+__all__ = ["ExportError", "UnsupportedOpError", "to_onnx", "from_onnx", "save", "load", "load_all", "write_atomic"]
 
 SUFFIXES = (".onnx", ".castml")
 
@@ -35,37 +36,6 @@ def _suffix(path: str) -> str:
         raise ExportError(f"cannot tell the format of {str(path)!r}: expected a file name ending in "
                           f"{' or '.join(SUFFIXES)}")
     return ext
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temp file in the same directory, fsync, rename.
-
-    >>> import tempfile, os
-    >>> p = os.path.join(tempfile.mkdtemp(), "f.bin"); write_atomic(p, b"abc"); open(p, "rb").read()
-    b'abc'
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def save(g: Graph | dict[str, Graph], path: str, opset: int = 18, target: str | None = "onnxruntime-cpu",

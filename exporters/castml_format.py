@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import flatbuffers
@@ -28,6 +26,7 @@ from runtime.format.castml_fb import Op as FbOp
 from runtime.format.castml_fb import Region as FbRegion
 from runtime.format.castml_fb import Value as FbValue
 
+from .atomic import write_atomic
 from .errors import ExportError
 
 Graphs = Graph | dict[str, Graph]
@@ -328,42 +327,16 @@ def _chunks(graphs: dict[str, Graph]):
 
 
 def save_castml(graphs: Graphs, path: str | os.PathLike) -> None:
-    """Write `graphs` to `path` atomically (temporary file in the same folder, fsync, rename).
+    """Write `graphs` to `path` atomically (`exporters.atomic`: temp file beside it, fsync, rename).
 
-    >>> import tracer, runtime
-    >>> save_castml(tracer.trace(lambda x: x * x, 2.0), "/tmp/square.castml")
-    >>> float(runtime.load("/tmp/square.castml").run(3.0))
+    >>> import tracer, runtime, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "square.castml")
+    >>> save_castml(tracer.trace(lambda x: x * x, 2.0), path)
+    >>> float(runtime.load(path).run(3.0))
     9.0
     """
-    path = Path(path)
-    chunks = _chunks(_entries(graphs))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; a saved model gets the usual mode
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    chunks = list(_chunks(_entries(graphs)))  # built (and checked) before any file is touched; no data copy
+    write_atomic(path, chunks)
 
 
 def load_castml_all(source: Any) -> dict[str, Graph]:
