@@ -1,12 +1,18 @@
 """Benchmark: are castml's graph passes as good as onnxruntime's graph-level fusions?
 
-For each zoo-style model (MLP, CNN with batch norm, transformer-encoder block) it times
-  ours:     ir.optimize'd graph exported to ONNX, run by onnxruntime with optimizations disabled
-  ort-ext:  the unoptimized export run with ORT_ENABLE_EXTENDED (target: ours / ort-ext <= 1.0)
-  ort-all:  the unoptimized export with ORT_ENABLE_ALL (blocked-layout kernels plain ONNX cannot
-            express; for reference)
-and then trace + optimize time for synthetic graphs of 1k, 10k and 100k ops (should grow
-linearly). Run: `PYTHONPATH=. python bench/passes_vs_ort.py [--repeat 200]`.
+For each zoo-style model (MLP, CNN with batch norm, transformer-encoder block) it times, with
+one intra-op thread and all sessions run interleaved (`--repeat` runs each, `--rounds` times):
+  ours:     ir.optimize'd graph exported for target `onnxruntime-cpu-contrib` (fused ops as
+            onnxruntime's com.microsoft FusedConv/FusedGemm/FastGelu), run with graph
+            optimizations disabled. Target: ours / ort-ext <= 1.0
+  ours-std: the same graph exported as standard ONNX (the default target), optimizations disabled
+  ort-ext:  the unoptimized standard export run with ORT_ENABLE_EXTENDED (which makes the same
+            contrib nodes while loading)
+  ort-all:  the unoptimized export with ORT_ENABLE_ALL (adds blocked-layout kernels plain ONNX
+            cannot express; for reference)
+Medians per round are printed; the machine's noise shows as the spread between rounds.
+Then trace + optimize time for synthetic graphs of 1k, 10k and 100k ops (should grow linearly).
+Run: `PYTHONPATH=. python bench/passes_vs_ort.py [--repeat 300] [--rounds 3]`.
 """
 
 from __future__ import annotations
@@ -91,38 +97,48 @@ def encoder():
     return fn, TensorSpec((s, d), np.float32), RNG.standard_normal((s, d)).astype(np.float32)
 
 
-def _session(g, level) -> tuple[ort.InferenceSession, str]:
+def _session(g, level, target: str = "onnxruntime-cpu") -> tuple[ort.InferenceSession, str]:
     so = ort.SessionOptions()
     so.graph_optimization_level = level
     so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(to_onnx(g).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(to_onnx(g, target=target).SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
     return sess, sess.get_inputs()[0].name
 
 
-def _time(sess, name, x, repeat: int) -> float:
-    for _ in range(5):
-        sess.run(None, {name: x})
-    ts = []
+def _time_interleaved(sessions: dict, x, repeat: int) -> dict[str, float]:
+    """Median seconds per run of each session, the sessions taking turns run by run."""
+    for sess, name in sessions.values():
+        for _ in range(5):
+            sess.run(None, {name: x})
+    ts: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+        for k, (sess, name) in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, {name: x})
+            ts[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in ts.items()}
 
 
-def compare_with_ort(repeat: int) -> None:
-    """The ORT table."""
+def compare_with_ort(repeat: int, rounds: int) -> None:
+    """The ORT table: one line per model and round."""
     lv = ort.GraphOptimizationLevel
-    print(f"{'model':<10} {'ops':>5} {'opt ops':>7} {'ours us':>9} {'ort-ext us':>10} {'ratio':>6} {'ort-all us':>10}")
+    print(f"{'model':<9} {'round':>5} {'ops':>5} {'opt ops':>7} {'ours us':>9} {'ours-std':>9} {'ort-ext us':>10} "
+          f"{'ratio':>6} {'std ratio':>9} {'ort-all us':>10}")
     for name, make in (("mlp", mlp), ("cnn", cnn), ("encoder", encoder)):
         fn, spec, x = make()
         g = tracer.trace(fn, spec)
         g2 = ir.optimize(g)
-        ours = _time(*_session(g2, lv.ORT_DISABLE_ALL), x, repeat)
-        ext = _time(*_session(g, lv.ORT_ENABLE_EXTENDED), x, repeat)
-        full = _time(*_session(g, lv.ORT_ENABLE_ALL), x, repeat)
-        print(f"{name:<10} {len(g.ops):>5} {len(g2.ops):>7} {ours * 1e6:>9.1f} {ext * 1e6:>10.1f} "
-              f"{ours / ext:>6.2f} {full * 1e6:>10.1f}")
+        sessions = {"ours": _session(g2, lv.ORT_DISABLE_ALL, "onnxruntime-cpu-contrib"),
+                    "std": _session(g2, lv.ORT_DISABLE_ALL),
+                    "ext": _session(g, lv.ORT_ENABLE_EXTENDED),
+                    "all": _session(g, lv.ORT_ENABLE_ALL)}
+        for r in range(rounds):
+            t = _time_interleaved(sessions, x, repeat)
+            print(f"{name:<9} {r + 1:>5} {len(g.ops):>5} {len(g2.ops):>7} {t['ours'] * 1e6:>9.1f} "
+                  f"{t['std'] * 1e6:>9.1f} {t['ext'] * 1e6:>10.1f} {t['ours'] / t['ext']:>6.3f} "
+                  f"{t['std'] / t['ext']:>9.3f} {t['all'] * 1e6:>10.1f}")
 
 
 def synthetic(n_ops: int):
@@ -154,9 +170,10 @@ def scaling() -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=100)
+    ap.add_argument("--repeat", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-ort", action="store_true")
     args = ap.parse_args()
     if not args.skip_ort:
-        compare_with_ort(args.repeat)
+        compare_with_ort(args.repeat, args.rounds)
     scaling()

@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import ExportError
 
-TARGETS = ("onnxruntime-cpu", "onnxruntime-web")
+# onnxruntime-cpu-contrib: onnxruntime-cpu plus its com.microsoft fused ops (exporters/capabilities_contrib.py)
+TARGETS = ("onnxruntime-cpu", "onnxruntime-web", "onnxruntime-cpu-contrib")
 _DIR = os.path.join(os.path.dirname(__file__), "capabilities")
 
 
@@ -66,6 +67,10 @@ def load_target(target: str) -> Capabilities:
         from .target_web import load_table
 
         return load_table()
+    if target == "onnxruntime-cpu-contrib":  # the CPU table plus probed contrib ops
+        from .capabilities_contrib import load_contrib
+
+        return load_contrib()
     tables = sorted(f for f in os.listdir(_DIR) if f.startswith("onnxruntime-") and f.endswith(".json"))
     if not tables:
         raise ExportError(f"no capability tables in {_DIR}; run `python -m exporters.probe_capabilities`")

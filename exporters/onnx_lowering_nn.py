@@ -86,6 +86,18 @@ LOWERINGS = {
 }
 
 
+def _contrib(cx, op_type: str, variant: str | None, dtype) -> str | None:
+    """The capability key of contrib op `op_type` when the target is `onnxruntime-cpu-contrib`
+    and its probed table runs it on `dtype`; None otherwise (lower as plain ONNX)."""
+    has = getattr(cx.caps, "has_contrib", None)
+    if has is None:
+        return None
+    from .capabilities_contrib import contrib_key
+
+    key = contrib_key(op_type, variant)
+    return key if has(key, dtype, cx.opset) else None
+
+
 def _activation(cx, x: str, act: str, out: str) -> None:
     """Apply a fused op's activation (see `ir.ops.fused.ACTIVATIONS`) to `x`, writing `out`."""
     if act == "none":
@@ -93,29 +105,57 @@ def _activation(cx, x: str, act: str, out: str) -> None:
     elif act in ("relu", "sigmoid", "tanh"):
         cx.node({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[act], [x], out)
     else:
+        from .capabilities_contrib import DOMAIN, GELUS
+
+        key = _contrib(cx, GELUS[act], None, cx.dtypes[x])
+        if key is not None:  # one contrib node instead of the formula (ORT fuses it the same way)
+            cx.node(GELUS[act], [x], out, key=key, domain=DOMAIN)
+            return
         from .onnx_lowering_elementwise import gelu_names
 
         gelu_names(cx, x, "tanh" if act == "gelu_tanh" else "none", out)
 
 
+def _fused_activation(cx, op_type: str, act: str, dtype) -> str | None:
+    """The contrib key of `op_type` (FusedConv, FusedGemm) with activation `act`, when usable."""
+    from .capabilities_contrib import ACTIVATIONS
+
+    return _contrib(cx, op_type, ACTIVATIONS[act], dtype) if act in ACTIVATIONS else None
+
+
 def gemm(cx, op, ins, outs):
     # a 2-D float product is ONNX Gemm (one node; runtimes prepack its constant B); a stack of
     # matrices, an integer product or a bias-less Gemm before opset 11 stays MatMul (+ Add)
-    a = op.inputs[0]
+    # (with no activation the product still ends in an Identity: a lone Gemm node would not be
+    # tagged by onnx_groups, and the importer reads Gemm as matmul + add, so export -> import ->
+    # export would change the bytes; onnxruntime aliases Identity's output to its input)
+    a, act = op.inputs[0], op.attrs["activation"]
     if a.type.rank == 2 and a.dtype.kind == "f" and (len(ins) == 3 or cx.opset >= 11):
+        key = _fused_activation(cx, "FusedGemm", act, a.dtype)
+        if key is not None:  # onnxruntime-cpu-contrib: product, bias and activation in one node
+            from .capabilities_contrib import ACTIVATIONS, DOMAIN
+
+            cx.node("FusedGemm", ins, outs[0], key=key, domain=DOMAIN, activation=ACTIVATIONS[act])
+            return
         y = cx.node("Gemm", ins)
     else:
         y = cx.node("MatMul", ins[:2])
         if len(ins) == 3:
             y = cx.node("Add", [y, ins[2]])
-    _activation(cx, y, op.attrs["activation"], outs[0])
+    _activation(cx, y, act, outs[0])
 
 
 def fused_conv(cx, op, ins, outs):
-    a = op.attrs
-    y = cx.node("Conv", ins, kernel_shape=list(op.inputs[1].shape[2:]), strides=list(a["strides"]),
-                pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["group"])
-    _activation(cx, y, a["activation"], outs[0])
+    a, act = op.attrs, op.attrs["activation"]
+    conv_attrs = dict(kernel_shape=list(op.inputs[1].shape[2:]), strides=list(a["strides"]), pads=list(a["pads"]),
+                      dilations=list(a["dilations"]), group=a["group"])
+    key = _fused_activation(cx, "FusedConv", act, op.inputs[0].dtype)
+    if key is not None:  # onnxruntime-cpu-contrib: Conv and activation in one MLAS kernel
+        from .capabilities_contrib import ACTIVATIONS, DOMAIN
+
+        cx.node("FusedConv", ins, outs[0], key=key, domain=DOMAIN, activation=ACTIVATIONS[act], **conv_attrs)
+        return
+    _activation(cx, cx.node("Conv", ins, **conv_attrs), act, outs[0])
 
 
 LOWERINGS.update({"gemm": gemm, "fused_conv": fused_conv})

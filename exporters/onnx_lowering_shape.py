@@ -28,6 +28,12 @@ def reshape(cx, op, ins, outs):
         fill = numpy_helper.from_array(np.zeros(1, cx.dtypes[ins[0]]))
         cx.node("ConstantOfShape", [cx.shape(shape)], outs[0], dtype=cx.dtypes[ins[0]], value=fill)
         return
+    if not zero:
+        # a symbolic dim equal to the input's dim on the same axis is Reshape's 0 ("copy"), so
+        # `x.reshape(x.shape[0], -1)` needs no Shape/Slice/Concat at run time
+        in_shape = op.inputs[0].shape
+        shape = tuple(0 if not isinstance(d, int) and i < len(in_shape) and d == in_shape[i] else d
+                      for i, d in enumerate(shape))
     cx.node("Reshape", [ins[0], cx.shape(shape)], outs[0], allowzero=1 if zero else None)
 
 

@@ -359,6 +359,116 @@ def test_fused_ops_agree(name):
 
 
 def test_data_dependent_dim_comes_from_the_producing_op():
-    g, m = check_round_trip(lambda x: x[x > 0].reshape(-1, 1) * np.ones((1, 2), np.float32), F32)
+    g, m = check_round_trip(lambda x: x[x > 0].reshape(1, -1) * 2.0, F32)
     assert any(n.op_type == "Shape" and n.input[0] == m.graph.node[[k.op_type for k in m.graph.node].index("GatherND")]
                .output[0] for n in m.graph.node)
+
+
+def _const_inputs(m: onnx.ModelProto, node: onnx.NodeProto) -> list:
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    return [inits[i].tolist() if i in inits else None for i in node.input]
+
+
+def test_reshape_keeping_a_symbolic_dim_in_place_copies_it_with_zero():
+    # x.reshape(x.shape[0], -1) is one Reshape with a constant shape: no Shape/Slice/Concat at run time
+    g, m = check_round_trip(lambda x: x.reshape(x.shape[0], -1) * 2.0, XS, specs=[tracer.TensorSpec(("n", 2, 4, 4),
+                                                                                                      np.float32)],
+                            runs=[(XS,), (np.concatenate([XS] * 3),)])
+    assert [n.op_type for n in m.graph.node] == ["Reshape", "Mul"]
+    assert _const_inputs(m, m.graph.node[0])[1] == [0, 32]
+    # a symbolic dim on another axis (or a literal 0, where Reshape's 0 cannot mean "copy") still
+    # comes from Shape
+    _, m = check_round_trip(lambda x: x.reshape(1, -1), XS[0], specs=[tracer.TensorSpec((2, "n", 4), np.float32)])
+    assert "Shape" in [n.op_type for n in m.graph.node]
+    z = np.zeros((0, 3), np.float32)
+    _, m = check_round_trip(lambda x: x.reshape(x.shape[0], 0, 3) + 1.0, z, specs=[tracer.TensorSpec(("n", 3),
+                                                                                                     np.float32)])
+    assert _const_inputs(m, [n for n in m.graph.node if n.op_type == "Reshape"][0])[1] is None
+
+
+# --- the onnxruntime-cpu-contrib target: fused ops as com.microsoft contrib nodes ------------------
+
+CONTRIB = "onnxruntime-cpu-contrib"
+CONV_ATTRS = {"strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1), "group": 1}
+CONTRIB_CASES = {  # name: (kind, inputs, attrs, ONNX nodes as (domain, op_type))
+    **{f"gemm_{act}": ("gemm", [F32, W12[:4, :5], F32[0, :1]], {"activation": act},
+                       [("com.microsoft", "FusedGemm")]) for act in ("relu", "sigmoid", "tanh")},
+    "gemm_no_bias": ("gemm", [F32, W12[:4, :5]], {"activation": "relu"}, [("com.microsoft", "FusedGemm")]),
+    "gemm_none": ("gemm", [F32, W12[:4, :5], W12[0, :5]], {"activation": "none"}, [("", "Gemm"), ("", "Identity")]),
+    "gemm_gelu_tanh": ("gemm", [F32, W12[:4, :5]], {"activation": "gelu_tanh"},
+                       [("", "Gemm"), ("com.microsoft", "FastGelu")]),
+    "gemm_gelu": ("gemm", [F32, W12[:4, :5]], {"activation": "gelu"}, [("", "Gemm"), ("com.microsoft", "Gelu")]),
+    "gemm_batched": ("gemm", [np.stack([F32, F32 * 2]), W12[:4, :5]], {"activation": "relu"},
+                     [("", "MatMul"), ("", "Relu")]),
+    "gemm_f64": ("gemm", [F64, W12[:4, :5].astype(np.float64)], {"activation": "relu"}, [("", "Gemm"), ("", "Relu")]),
+    **{f"conv_{act}": ("fused_conv", [X4, W4, B4], {**CONV_ATTRS, "activation": act},
+                       [("com.microsoft", "FusedConv")]) for act in ("relu", "sigmoid", "tanh")},
+    "conv_gelu": ("fused_conv", [X4, W4, B4], {**CONV_ATTRS, "activation": "gelu"},
+                  [("", "Conv"), ("com.microsoft", "Gelu")]),
+    "conv_none": ("fused_conv", [X4, W4], {**CONV_ATTRS, "activation": "none"}, [("", "Conv"), ("", "Identity")]),
+}
+
+
+def _ort_plain(model: onnx.ModelProto, leaves: list) -> list:
+    """Run with graph optimizations disabled: the contrib nodes must run as exported."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {i.name: np.asarray(a) for i, a in zip(sess.get_inputs(), leaves)})
+
+
+@pytest.mark.parametrize("name", sorted(CONTRIB_CASES))
+def test_contrib_target_lowers_fused_ops_to_contrib_nodes(name):
+    kind, inputs, attrs, nodes = CONTRIB_CASES[name]
+    g = single_op_graph(kind, inputs, **attrs)
+    m = exporters.to_onnx(g, target=CONTRIB)
+    assert [(n.domain, n.op_type) for n in m.graph.node] == nodes
+    uses_contrib = any(d == "com.microsoft" for d, _ in nodes)
+    assert ("com.microsoft", 1) in [(o.domain, o.version) for o in m.opset_import] or not uses_contrib
+    assert_agree(_ort_plain(m, inputs)[0], ir.interpret(g, *inputs))
+
+
+def test_contrib_table_is_what_the_installed_onnxruntime_does():
+    from exporters import capabilities_contrib as C
+
+    caps = C.load_contrib()
+    if caps.version != ort.__version__:
+        pytest.skip(f"the committed contrib table is for onnxruntime {caps.version}, {ort.__version__} is installed")
+    assert C.probe_all()["ops"] == caps.contrib, "re-probe: python -m exporters.capabilities_contrib"
+    # float64 FastGelu loads and runs, but only to ~1e-7: the probe's value check keeps it out
+    assert not caps.has_contrib("com.microsoft.FastGelu", np.float64, 18)
+
+
+def test_contrib_target_is_opt_in():
+    # the default (and every other target) stays standard ONNX: no contrib domain anywhere
+    kind, inputs, attrs, _ = CONTRIB_CASES["conv_relu"]
+    g = single_op_graph(kind, inputs, **attrs)
+    for target in ("onnxruntime-cpu", None):
+        m = exporters.to_onnx(g, target=target)
+        assert [n.op_type for n in m.graph.node] == ["Conv", "Relu"]
+        assert [o.domain for o in m.opset_import] == [""]
+
+
+def test_contrib_target_cnn_has_the_nodes_ort_extended_makes(tmp_path):
+    # what ORT_ENABLE_EXTENDED makes of the unoptimized export is what we export optimized
+    w1 = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    w2 = RNG.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    stats = dict(mean=F32[0, :4], var=POS32[0], weight=F32[1], bias=F32[2])
+
+    def f(x):
+        y = nn.relu(nn.batch_norm(nn.conv2d(x, w1, padding=1), **stats))
+        return nn.global_avg_pool2d(np.tanh(nn.conv2d(y, w2, padding=1))).reshape(x.shape[0], -1)
+
+    spec = tracer.TensorSpec(("n", 2, 4, 4), np.float32)
+    g = tracer.trace(f, spec)
+    m = exporters.to_onnx(ir.optimize(g), target=CONTRIB)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(tmp_path / "ort_extended.onnx")
+    ort.InferenceSession(exporters.to_onnx(g).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    theirs = onnx.load(so.optimized_model_filepath)
+    ours = [(n.domain, n.op_type) for n in m.graph.node]
+    assert ours == [(n.domain, n.op_type) for n in theirs.graph.node]
+    assert ours == [("com.microsoft", "FusedConv")] * 2 + [("", "GlobalAveragePool"), ("", "Reshape")]
+    x = np.concatenate([XS, XS * 0.5])
+    assert_agree(_ort_plain(m, [x])[0], ir.interpret(g, x))

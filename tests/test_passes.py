@@ -438,3 +438,50 @@ def test_transformer_encoder_block() -> None:
     assert ("gemm", "gelu_tanh") in [(op.kind, op.attrs.get("activation")) for op in g2.ops]
     assert not {"sqrt", "exp", "tanh", "pow", "reduce_mean"} & set(kinds)
     assert len(g2.ops) < len(g.ops) // 2
+
+
+# --- constant digests: once per optimize run, never merging different data ----------------------
+
+def test_dedup_skips_same_fingerprint_that_is_no_transpose() -> None:
+    # same dtype, dims and multiset of elements as W45.T (so the same fingerprint), but not W45.T
+    shuffled = np.ascontiguousarray(W45.T).reshape(-1)[::-1].reshape(5, 4).copy()
+    g = _traced(lambda x: (x @ W45) @ shuffled, N4)()
+    out = P.PassManager([P.DedupConstants(), P.DCE()]).run(g).graph
+    assert [op.kind for op in out.ops] == ["constant", "matmul", "constant", "matmul"]
+    x = RNG.standard_normal((3, 4))
+    assert_agree(ir.interpret(out, x), ir.interpret(g, x))
+
+
+def test_rank3_transposed_copies_are_found_through_the_fingerprint() -> None:
+    w = np.arange(60.0).reshape(3, 4, 5)
+    t = np.ascontiguousarray(w.transpose(2, 0, 1))
+    g = _traced(lambda x: (x[0, 0] * w, x[0, 0] * t), N4)()
+    out = P.PassManager([P.DedupConstants(), P.DCE()]).run(g).graph
+    consts = [op for op in out.ops if op.kind == "constant" and op.attrs["value"].size > 16]
+    assert len(consts) == 1 and [op.attrs["perm"] for op in out.ops if op.kind == "transpose"] == [(2, 0, 1)]
+    x = RNG.standard_normal((2, 4))
+    assert_agree(ir.interpret(out, x), ir.interpret(g, x))
+
+
+def test_cse_merges_equal_large_constants_only() -> None:
+    a = np.arange(20.0).reshape(4, 5)
+    # (the same bytes under another shape or dtype are other constants)
+    same, other_shape, other_dtype = a.copy(), a.reshape(5, 4).copy(), a.view(np.int64)
+    g = _traced(lambda x: (x @ a, x @ same, x[0, 0] * other_shape, x[0, 0].astype(np.int64) * other_dtype), N4)()
+    out = P.PassManager([P.CSE()]).run(g).graph
+    values = [op.attrs["value"] for op in out.ops if op.kind == "constant"]
+    assert sorted((v.shape, v.dtype.name) for v in values) == [((4, 5), "float64"), ((4, 5), "int64"),
+                                                               ((5, 4), "float64")]
+
+
+def test_each_constant_is_hashed_once_per_optimize(monkeypatch) -> None:
+    from ir.passes import digest as D
+
+    big = RNG.standard_normal((64, 64))
+    hashed = []
+    real = D.hashlib.sha256
+    monkeypatch.setattr(D.hashlib, "sha256", lambda data=b"": hashed.append(len(bytes(data))) or real(data))
+    g = _traced(lambda x: np.tanh(x @ big[:4]) @ big[4:8].T + (x * 1.0 + 0.0), N4)()
+    ir.optimize(g)
+    assert hashed.count(big[:4].nbytes) == 2  # the two slices of `big`, each hashed once
+    assert not D._CACHE  # the cache lives for one run only

@@ -113,6 +113,7 @@ class PassManager:
     def run(self, graph: Graph, copy: bool = True) -> PassResult:
         """Optimize `graph` (untouched unless `copy=False`); `self.report` holds the statistics."""
         from . import rewrite
+        from .digest import caching
 
         # the IR is cyclic (Value.producer <-> Op.outputs), so the cyclic collector would keep
         # walking the whole, growing heap while passes allocate: superlinear on large graphs
@@ -122,7 +123,8 @@ class PassManager:
         g = clone_graph(graph) if copy else graph
         saved, rewrite.DEBUG["on"] = rewrite.DEBUG["on"], self.debug
         try:
-            return self._run(g)
+            with caching():  # each constant is hashed once per run, not once per CSE/dedup round
+                return self._run(g)
         finally:
             rewrite.DEBUG["on"] = saved
             if collecting:

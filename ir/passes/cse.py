@@ -7,10 +7,13 @@ may reuse an equal op of an enclosing region, never the other way round.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..graph import Graph, Op, Region, Value
-from ..printer import format_attr
+from ..printer import INLINE_LIMIT, format_attr
 from ..registry import get_op
 from .base import PassResult
+from .digest import digest
 
 
 def op_key(op: Op, vid) -> tuple | None:
@@ -28,8 +31,11 @@ def op_key(op: Op, vid) -> tuple | None:
 
 
 def _attr_key(v):
-    # text of the attribute: exact for tensors (content hash or inline values, -0.0 and NaN kept),
-    # dtypes, symbolic dims and floats
+    # text of the attribute: exact for small tensors (inline values, -0.0 and NaN kept), dtypes,
+    # symbolic dims and floats; larger tensors by dtype, shape and a digest of their bytes that
+    # is computed once per optimize run (see digest.py)
+    if isinstance(v, np.ndarray) and v.size > INLINE_LIMIT:
+        return ("tensor", v.dtype.str, v.shape, digest(v))
     return format_attr(v, elide=False)
 
 

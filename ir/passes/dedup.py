@@ -10,7 +10,6 @@ alone: a copy is cheaper than an op.
 
 from __future__ import annotations
 
-import hashlib
 from itertools import permutations
 
 import numpy as np
@@ -18,19 +17,19 @@ import numpy as np
 from ..graph import Graph, Op
 from ..printer import INLINE_LIMIT
 from .base import PassResult
+from .digest import digest, permutation_fingerprint
 from .rewrite import Rewriter, rewrite_graph
 
 MAX_PERMUTED_RANK = 3
-
-
-def _digest(a: np.ndarray) -> bytes:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).digest()
 
 
 class _Dedup:
     def __init__(self):
         self.by_bytes: dict[tuple, object] = {}  # (dtype, digest) -> Value (any shape)
         self.by_layout: dict[tuple, object] = {}  # (dtype, shape, digest) -> Value
+        # permutation fingerprints of the constants seen: only a constant whose fingerprint is
+        # here can be a transpose of one of them, so the others skip hashing their transposes
+        self.fingerprints: set[tuple] = set()
 
     def __call__(self, op: Op, rw: Rewriter):
         if op.kind != "constant" or rw.depth or rw.n_uses(op.output) == 0:
@@ -39,20 +38,23 @@ class _Dedup:
         if a.size <= INLINE_LIMIT:
             return None
         dt = a.dtype.str
-        d = _digest(a)
+        d = digest(a)
         same = self.by_bytes.get((dt, d))
         if same is not None and same.type.shape != a.shape:
             return [rw.add("reshape", [same], {"shape": a.shape})]
-        if a.ndim <= MAX_PERMUTED_RANK:
-            for perm in permutations(range(a.ndim)):
-                if perm == tuple(range(a.ndim)):
-                    continue
-                t = np.ascontiguousarray(a.transpose(perm))
-                src = self.by_layout.get((dt, t.shape, _digest(t)))
-                if src is not None:
-                    # src == a.transpose(perm)  =>  a == src.transpose(inverse(perm))
-                    inv = tuple(int(i) for i in np.argsort(perm))
-                    return [rw.add("transpose", [src], {"perm": inv})]
+        if 2 <= a.ndim <= MAX_PERMUTED_RANK:
+            fp = permutation_fingerprint(a)
+            if fp in self.fingerprints:
+                for perm in permutations(range(a.ndim)):
+                    if perm == tuple(range(a.ndim)):
+                        continue
+                    t = np.ascontiguousarray(a.transpose(perm))
+                    src = self.by_layout.get((dt, t.shape, digest(t, remember=False)))
+                    if src is not None:
+                        # src == a.transpose(perm)  =>  a == src.transpose(inverse(perm))
+                        inv = tuple(int(i) for i in np.argsort(perm))
+                        return [rw.add("transpose", [src], {"perm": inv})]
+            self.fingerprints.add(fp)
         self.by_bytes.setdefault((dt, d), op.output)
         self.by_layout.setdefault((dt, a.shape, d), op.output)
         return None
