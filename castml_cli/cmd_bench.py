@@ -22,6 +22,7 @@ from runtime import pytree
 from .cmd_run import Signature, gather_inputs
 from .common import CliError, input_arg, max_abs_error, random_array, type_text
 from .loading import check_model_path, load_graph
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -62,22 +63,34 @@ def parse_dims(items: list[str]) -> dict[str, int]:
     return dims
 
 
-def time_calls(call: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
+def time_calls(call: Callable[[], object], runs: int, warmup: int,
+               progress: Progress | None = None) -> dict[str, float]:
     """Milliseconds per call: p50, p90, p99, mean, min over `runs` timed calls.
+
+    `progress` (if given) counts every call, warmup included, outside the timed region.
 
     >>> sorted(time_calls(lambda: None, 3, 0))
     ['mean', 'min', 'p50', 'p90', 'p99']
     """
     for _ in range(warmup):
         call()
+        if progress is not None:
+            progress.advance()
     times = np.empty(runs)
     for i in range(runs):
         t0 = time.perf_counter()
         call()
         times[i] = time.perf_counter() - t0
+        if progress is not None:
+            progress.advance()
     ms = times * 1e3
     return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)),
             "p99": float(np.percentile(ms, 99)), "mean": float(ms.mean()), "min": float(ms.min())}
+
+
+def _timed(name: str, model: str, call: Callable[[], object], runs: int, warmup: int) -> dict[str, float]:
+    with Progress(f"castml bench {model}: {name}", total=warmup + runs, unit=" calls") as bar:
+        return time_calls(call, runs, warmup, bar)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,31 +103,37 @@ def run(args: argparse.Namespace) -> int:
     check_model_path(args.model)
     if args.runs < 1 or args.warmup < 0:
         raise CliError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
-    g = load_graph(args.model, args.entry)
-    sig = Signature.of_graph(g)
-    if args.inputs:
-        leaves = gather_inputs(sig, args.inputs)
-    else:
-        dims = parse_dims(args.dim)
-        rng = np.random.default_rng(args.seed)
-        leaves = [random_array(dt, tuple(d if isinstance(d, int) else dims.get(str(d), 1) for d in shape), rng)
-                  for _, dt, shape in sig.inputs]
-    ours = runtime.load(to_bytes(g))
-    call_args = pytree.unflatten(sig.in_tree, leaves)
-    if args.model.endswith(".onnx"):
-        ort = OrtModel.from_onnx_file(args.model)
-    else:
-        ort = OrtModel.from_graph(g, args.model)
-    got = [np.asarray(o) for o in pytree.flatten(ours.run(*call_args))[0]]
-    ref = ort.run_flat(leaves)
-    err, ok = max_abs_error(got, ref)
+    model = os.path.basename(args.model)
+    with Progress(f"castml bench {model}", total=4) as bar:
+        bar.step(f"loading {args.model}")
+        g = load_graph(args.model, args.entry)
+        sig = Signature.of_graph(g)
+        if args.inputs:
+            leaves = gather_inputs(sig, args.inputs)
+        else:
+            dims = parse_dims(args.dim)
+            rng = np.random.default_rng(args.seed)
+            leaves = [random_array(dt, tuple(d if isinstance(d, int) else dims.get(str(d), 1) for d in shape), rng)
+                      for _, dt, shape in sig.inputs]
+        bar.step("loading into castml's runtime")
+        ours = runtime.load(to_bytes(g), backend="numpy")  # the label says numpy
+        call_args = pytree.unflatten(sig.in_tree, leaves)
+        bar.step("loading into onnxruntime")
+        if args.model.endswith(".onnx"):
+            ort = OrtModel.from_onnx_file(args.model)
+        else:
+            ort = OrtModel.from_graph(g, args.model)
+        bar.step("checking that both agree")
+        got = [np.asarray(o) for o in pytree.flatten(ours.run(*call_args))[0]]
+        ref = ort.run_flat(leaves)
+        err, ok = max_abs_error(got, ref)
     results = {
-        "model": os.path.basename(args.model),
+        "model": model,
         "inputs": [f"{n}: {type_text(a.dtype, a.shape)}" for (n, _, _), a in zip(sig.inputs, leaves)],
         "max_abs_difference": err,
         "agree": ok,
-        "castml_numpy_ms": time_calls(lambda: ours.run(*call_args), args.runs, args.warmup),
-        "onnxruntime_ms": time_calls(lambda: ort.run_flat(leaves), args.runs, args.warmup),
+        "castml_numpy_ms": _timed("castml numpy", model, lambda: ours.run(*call_args), args.runs, args.warmup),
+        "onnxruntime_ms": _timed("onnxruntime", model, lambda: ort.run_flat(leaves), args.runs, args.warmup),
     }
     if args.json:
         print(json.dumps(results, indent=2))

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .loading import check_model_path
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"castml check: error: {e}", file=sys.stderr)
         return USAGE
     check_model_path(args.model)
-    report = check_file(args.model, args.target)
+    with Progress(f"castml check {args.model}") as bar:
+        bar.describe(f"checking every op against {args.target}")
+        report = check_file(args.model, args.target)
     print(report.format())
     return 0 if report.ok else INCOMPATIBLE

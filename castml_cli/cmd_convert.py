@@ -12,6 +12,7 @@ import os
 
 from .common import CliError, save_model
 from .loading import check_model_path, load_graph, load_graphs, optimize
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -42,20 +43,24 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("no output file: give `castml convert IN OUT` or `-o OUT`")
     check_model_path(args.source)
     out_suffix = check_model_path(dest, must_exist=False)
-    if args.entry:
-        graphs = {args.entry: load_graph(args.source, args.entry)}
-    else:
-        graphs = load_graphs(args.source)
-    if args.optimize:
-        graphs = {name: optimize(g) for name, g in graphs.items()}
-    if out_suffix == ".onnx":
-        if len(graphs) != 1:
-            raise CliError(f"{args.source} has {len(graphs)} entries ({', '.join(graphs)}); ONNX holds one: "
-                           f"choose it with --entry")
-        payload = next(iter(graphs.values()))
-    else:
-        payload = graphs if list(graphs) != ["main"] else graphs["main"]
-    save_model(payload, dest)
+    with Progress(f"castml convert {os.path.basename(args.source)}", total=2 + bool(args.optimize)) as bar:
+        bar.step(f"importing {args.source}")
+        if args.entry:
+            graphs = {args.entry: load_graph(args.source, args.entry)}
+        else:
+            graphs = load_graphs(args.source)
+        if args.optimize:
+            bar.step("optimizing")
+            graphs = {name: optimize(g) for name, g in graphs.items()}
+        if out_suffix == ".onnx":
+            if len(graphs) != 1:
+                raise CliError(f"{args.source} has {len(graphs)} entries ({', '.join(graphs)}); ONNX holds one: "
+                               f"choose it with --entry")
+            payload = next(iter(graphs.values()))
+        else:
+            payload = graphs if list(graphs) != ["main"] else graphs["main"]
+        bar.step(f"exporting {dest}")
+        save_model(payload, dest)
     ops = sum(sum(1 for _ in g.walk()) for g in graphs.values())
     print(f"converted {args.source} -> {dest} ({os.path.getsize(dest):,} bytes, {len(graphs)} "
           f"entr{'y' if len(graphs) == 1 else 'ies'}, {ops} ops{', optimized' if args.optimize else ''})")

@@ -7,7 +7,7 @@ Then a 784-512-512-10 MLP traced with a symbolic batch, printed as IR, saved as 
 the README's first command, so it checks its own numbers and exits 1 when anything disagrees.
 
 With `--train` it instead trains an MLP (with Dropout) on scikit-learn's bundled 8x8 digits with
-`models.fit` (one traced training step run by the runtime, a progress line per epoch), checks
+`models.fit` (one traced training step run by the runtime, a line per epoch under a progress bar), checks
 that it reaches 95% test accuracy, exports it to `.castml` and `.onnx`, and checks that our
 runtime and onnxruntime predict the same classes.
 """
@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from .common import max_abs_error, save_model, type_text
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -151,8 +152,21 @@ def _train_part(folder: str, epochs: int, keep: bool) -> bool:
     print(f"== MLP 64-128-10 with Dropout(0.1) on scikit-learn's digits: {split} train, {len(x) - split} test images")
     model = nn.Sequential([nn.Linear(64, 128), nn.ReLU(), nn.Dropout(0.1), nn.Linear(128, 10)])
     model.init(0)
-    history = fit(model, "cross_entropy", optim.SGD(0.1, momentum=0.9), (x[:split], y[:split]), epochs=epochs,
-                  val_data=(x[split:], y[split:]), batch_size=32, log_dir=os.path.join(folder, "logs"))
+    with Progress("castml demo --train", total=epochs, unit=" epochs") as bar:
+        bar.describe("tracing the training step")
+        t0 = time.perf_counter()
+
+        def epoch_done(epoch: int, row: dict[str, float]) -> None:
+            nonlocal t0
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+            bar.print(f"epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - t0:.1f}s)")
+            bar.describe("training")
+            bar.advance()
+            t0 = time.perf_counter()
+
+        history = fit(model, "cross_entropy", optim.SGD(0.1, momentum=0.9), (x[:split], y[:split]), epochs=epochs,
+                      val_data=(x[split:], y[split:]), batch_size=32, log_dir=os.path.join(folder, "logs"),
+                      verbose=False, on_epoch=epoch_done)
     accuracy = history.metrics["val_accuracy"][-1]
     print(f"test accuracy {accuracy:.2%} (needs >= 95%)")
     if keep:

@@ -13,6 +13,7 @@ import os
 
 from .common import CliError, save_model
 from .loading import check_model_path, load_graph
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -80,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
     check_model_path(args.output_file, must_exist=False)
     if not hasattr(ir, "grad"):
         raise CliError("castml grad needs ir.grad, which this build of castml does not have yet")
-    g = load_graph(args.model, args.entry)
-    wrt = resolve_wrt(list(g.arg_names), args.wrt)
-    output = resolve_output(list(g.output_names), args.output)
-    dg = ir.grad(g, wrt=wrt, output=output, with_value=args.with_value)
-    save_model(dg, args.output_file)
+    with Progress(f"castml grad {os.path.basename(args.model)}", total=3) as bar:
+        bar.step(f"loading {args.model}")
+        g = load_graph(args.model, args.entry)
+        wrt = resolve_wrt(list(g.arg_names), args.wrt)
+        output = resolve_output(list(g.output_names), args.output)
+        bar.step("differentiating")
+        dg = ir.grad(g, wrt=wrt, output=output, with_value=args.with_value)
+        bar.step(f"saving {args.output_file}")
+        save_model(dg, args.output_file)
     names = [g.arg_names[i] for i in ((wrt,) if isinstance(wrt, int) else wrt)]
     print(f"d {g.output_names[output]} / d ({', '.join(names)}) -> {args.output_file} "
           f"({os.path.getsize(args.output_file):,} bytes, {sum(1 for _ in dg.walk())} ops)")

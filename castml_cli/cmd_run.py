@@ -1,9 +1,11 @@
 """`castml run`: run a saved model on `.npy`/`.npz` inputs and write its outputs to an `.npz`.
 
 Inputs are matched by name (`--input x=x.npy`, pytree leaves by path `params.fc1.w=w.npy`, or
-all of an `.npz` at once) or by position. Backends: `numpy` is castml's own runtime (`.onnx`
-files are imported and run by the same executor), `onnxruntime` runs ONNX directly (`.castml`
-files are converted in memory), `auto` picks ours for `.castml` and onnxruntime for `.onnx`.
+all of an `.npz` at once) or by position. Backends: `numpy` is castml's own runtime and `native`
+its C++ runtime (build it once with `python -m runtime.native.build`); both run `.onnx` files
+too, imported in memory. `onnxruntime` runs ONNX directly (`.castml` files are converted in
+memory). `auto` (the default) runs `.onnx` on onnxruntime and `.castml` on the native runtime
+when it is built and has every op of the model, else on NumPy. The backend that ran is printed.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from .common import (
     type_text,
 )
 from .loading import check_model_path
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
   castml run m.castml --input x=x.npy -o out.npz
   castml run m.onnx --input inputs.npz -o out.npz --backend numpy
   castml run m.castml --input x=x.npy --backend onnxruntime
+  castml run m.onnx --input x=x.npy --backend native   # the C++ runtime (python -m runtime.native.build)
   castml run losses.castml --entry train --input params=weights.npz --input x=batch.npy -o grads.npz"""
 
 BACKENDS = ("auto", "numpy", "native", "onnxruntime")
@@ -114,35 +118,52 @@ def gather_inputs(sig: Signature, inputs: list[InputArg]) -> list[np.ndarray]:
     return leaves
 
 
-def _run_numpy(path: str, entry: str | None, inputs: list[InputArg]) -> tuple[Signature, list[np.ndarray]]:
+NATIVE_HINT = "build it with `python -m runtime.native.build`, or choose --backend numpy"
+
+
+def _session(source: Any, backend: str, where: str) -> Any:
+    """`runtime.load(source, backend=...)`, with a one-line hint when the native runtime is missing."""
+    import runtime
+    from runtime.native_backend import NativeUnavailableError, NativeUnsupportedError
+
+    try:
+        return runtime.load(source, backend=backend)
+    except NativeUnavailableError as e:
+        reason = str(e).split("; build it")[0]
+        raise CliError(f"--backend native cannot run {where}: {reason}; {NATIVE_HINT}") from None
+    except NativeUnsupportedError as e:
+        raise CliError(f"--backend native cannot run {where}: {e}; --backend auto or numpy runs it on NumPy") from None
+
+
+def _run_castml_runtime(path: str, entry: str | None, inputs: list[InputArg],
+                        backend: str) -> tuple[Signature, list[np.ndarray], str]:
+    """Run on castml's runtime (`backend` numpy, native or auto); an `.onnx` file is imported first."""
+    from runtime.loader import load_model
+
     if path.endswith(".onnx"):
         import exporters
-        import ir
+        from exporters.castml_format import to_bytes
 
         if entry:
             raise CliError(f"--entry {entry!r}: an .onnx file has a single entry")
-
-        g = exporters.load(path)
-        sig = Signature.of_graph(g)
-        leaves = gather_inputs(sig, inputs)
-        outs = ir.interpret(g, *pytree.unflatten(sig.in_tree, leaves))
-        return sig, [np.asarray(o) for o in pytree.flatten(outs)[0]]
-    import runtime
-    from runtime.loader import load_model
-
-    sess = runtime.load(path)
+        source: Any = to_bytes(exporters.load(path))
+    else:
+        source = path
+    sess = _session(source, backend, path)
     name = entry or ("main" if "main" in sess.entries else None)
     if name is None:
         raise CliError(f"{path} has no entry 'main'; choose one with --entry: {', '.join(sess.entries)}")
+    if name not in sess.entries:
+        raise CliError(f"{path} has no entry {name!r}; its entries are {', '.join(sess.entries)}")
     sess = sess[name]
-    gd = load_model(path).entries[name]
+    gd = load_model(source).entries[name]
     sig = Signature([(i.name, i.dtype, i.shape) for i in sess.inputs], [o.name for o in sess.outputs], gd.in_tree)
     leaves = gather_inputs(sig, inputs)
     outs = sess.run(*pytree.unflatten(sig.in_tree, leaves))
-    return sig, [np.asarray(o) for o in pytree.flatten(outs)[0]]
+    return sig, [np.asarray(o) for o in pytree.flatten(outs)[0]], sess.backend
 
 
-def _run_onnxruntime(path: str, entry: str | None, inputs: list[InputArg]) -> tuple[Signature, list[np.ndarray]]:
+def _run_onnxruntime(path: str, entry: str | None, inputs: list[InputArg]) -> tuple[Signature, list[np.ndarray], str]:
     from .ort_backend import OrtModel
 
     if path.endswith(".onnx"):
@@ -156,29 +177,46 @@ def _run_onnxruntime(path: str, entry: str | None, inputs: list[InputArg]) -> tu
         g = load_graph(path, entry)
         model = OrtModel.from_graph(g, path)
         sig = Signature.of_graph(g)
-    return sig, model.run_flat(gather_inputs(sig, inputs))
+    return sig, model.run_flat(gather_inputs(sig, inputs)), "onnxruntime"
+
+
+def choose_engine(model: str, backend: str) -> str:
+    """Which engine runs `model` for `--backend`: onnxruntime, or castml's runtime with backend
+    auto/numpy/native (`auto` means onnxruntime for `.onnx`, and for `.castml` the native runtime
+    when it is built and runs every op, else NumPy: `runtime.load` decides).
+
+    >>> choose_engine("m.onnx", "auto"), choose_engine("m.castml", "auto"), choose_engine("m.onnx", "native")
+    ('onnxruntime', 'auto', 'native')
+    """
+    if backend not in BACKENDS:
+        raise CliError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend == "auto" and model.endswith(".onnx"):
+        return "onnxruntime"
+    return backend
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the model, print each output's shape and summary, write the `.npz`."""
+    """Run the model, print the backend that ran, each output's shape and summary; write the `.npz`."""
     check_model_path(args.model)
     if args.output and not args.output.endswith(".npz"):
         raise CliError(f"output {args.output!r}: expected an .npz file name")
-    backend = args.backend
-    if backend == "native":
-        raise CliError("the native backend is not part of this build; use --backend numpy or onnxruntime")
-    if backend == "auto":
-        backend = "onnxruntime" if args.model.endswith(".onnx") else "numpy"
+    engine = choose_engine(args.model, args.backend)
     t0 = time.perf_counter()
-    runner = _run_onnxruntime if backend == "onnxruntime" else _run_numpy
-    sig, outs = runner(args.model, args.entry, args.inputs)
-    seconds = time.perf_counter() - t0
-    names = list(sig.output_names) if len(sig.output_names) == len(outs) else [f"output{i}" for i in range(len(outs))]
-    names = [n or f"output{i}" for i, n in enumerate(names)]
-    print(f"ran {os.path.basename(args.model)} with backend {backend} in {seconds * 1e3:.1f} ms (including load)")
-    for name, out in zip(names, outs):
-        print(f"  {name}: {summary(out)}")
-    if args.output:
-        save_npz(args.output, dict(zip(names, outs)))
-        print(f"wrote {args.output} ({len(outs)} array{'s' * (len(outs) != 1)})")
+    with Progress(f"castml run {os.path.basename(args.model)}", total=1 + bool(args.output)) as bar:
+        bar.step(f"loading and running on {engine}")
+        if engine == "onnxruntime":
+            sig, outs, ran = _run_onnxruntime(args.model, args.entry, args.inputs)
+        else:
+            sig, outs, ran = _run_castml_runtime(args.model, args.entry, args.inputs, engine)
+        seconds = time.perf_counter() - t0
+        names = list(sig.output_names) if len(sig.output_names) == len(outs) else [f"output{i}" for i in
+                                                                                   range(len(outs))]
+        names = [n or f"output{i}" for i, n in enumerate(names)]
+        lines = [f"ran {os.path.basename(args.model)} with backend {ran} in {seconds * 1e3:.1f} ms (including load)"]
+        lines += [f"  {name}: {summary(out)}" for name, out in zip(names, outs)]
+        if args.output:
+            bar.step(f"writing {args.output}")
+            save_npz(args.output, dict(zip(names, outs)))
+            lines.append(f"wrote {args.output} ({len(outs)} array{'s' * (len(outs) != 1)})")
+    print("\n".join(lines))
     return 0

@@ -34,6 +34,7 @@ from .common import (
     type_text,
 )
 from .loading import check_model_path, optimize, resolve_function
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -156,33 +157,42 @@ def check_saved(path: str, fn: Callable, args: list[Any], seed: int) -> tuple[fl
 
 
 def run(args: argparse.Namespace) -> int:
-    """Trace, (optimize), save and (check)."""
+    """Trace, (optimize), save and (check), with a progress line on stderr for slow steps."""
     import tracer
 
     check_model_path(args.output, must_exist=False)
-    fn = resolve_function(args.function)
-    call_args, names = build_args(fn, args.inputs)
-    g = tracer.trace(fn, *call_args)
-    if args.optimize:
-        g = optimize(g)
-    if args.print_ir:
-        print(g)
-    report = None
-    if args.target:  # before saving: an ONNX save fails on the first op the target lacks
-        from exporters.check import check_graph
+    steps = 3 + bool(args.optimize) + bool(args.target) + bool(args.check)
+    with Progress(f"castml trace {args.function}", total=steps) as bar:
+        bar.step("importing")
+        fn = resolve_function(args.function)
+        call_args, names = build_args(fn, args.inputs)
+        bar.step("tracing")
+        g = tracer.trace(fn, *call_args)
+        if args.optimize:
+            bar.step("optimizing")
+            g = optimize(g)
+        if args.print_ir:
+            bar.print(g)
+        report = None
+        if args.target:  # before saving: an ONNX save fails on the first op the target lacks
+            from exporters.check import check_graph
 
-        report = check_graph(g, args.target, args.function)
-        print(report.format())
-    save_model(g, args.output)
-    ins = ", ".join(f"{v.name}: {type_text(v.type.dtype, v.type.shape)}" for v in g.inputs)
-    outs = ", ".join(type_text(v.type.dtype, v.type.shape) for v in g.outputs)
-    n_ops = sum(1 for _ in g.walk())
-    print(f"traced {args.function}({', '.join(names)}) -> {args.output} ({os.path.getsize(args.output):,} bytes, "
-          f"{n_ops} ops)")
-    print(f"  inputs:  {ins}")
-    print(f"  outputs: {outs}")
+            bar.step(f"checking target {args.target}")
+            report = check_graph(g, args.target, args.function)
+            bar.print(report.format())
+        bar.step(f"saving {args.output}")
+        save_model(g, args.output)
+        ins = ", ".join(f"{v.name}: {type_text(v.type.dtype, v.type.shape)}" for v in g.inputs)
+        outs = ", ".join(type_text(v.type.dtype, v.type.shape) for v in g.outputs)
+        n_ops = sum(1 for _ in g.walk())
+        bar.print(f"traced {args.function}({', '.join(names)}) -> {args.output} "
+                  f"({os.path.getsize(args.output):,} bytes, {n_ops} ops)")
+        bar.print(f"  inputs:  {ins}")
+        bar.print(f"  outputs: {outs}")
+        if args.check:
+            bar.step("checking against the Python function")
+            err, ok = check_saved(args.output, fn, call_args, args.seed)
     if args.check:
-        err, ok = check_saved(args.output, fn, call_args, args.seed)
         verdict = "ok" if ok else "MISMATCH beyond tolerance"
         print(f"check: max abs error {err:.3g} vs the Python function on random inputs "
               f"(symbolic dims = {CHECK_DIM}): {verdict}")

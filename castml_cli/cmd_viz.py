@@ -5,6 +5,8 @@ out in layers (a node sits one layer below its deepest input), edges carry the v
 (`f32[batch,512]`), the regions of `If`/`Loop` ops are drawn as their own diagrams in
 collapsible sections, and a search box highlights the ops whose text matches. The layout is
 computed here, in Python, so the page needs only inline SVG, CSS and a few lines of script.
+`--tensorboard LOGDIR` also writes the graph as a TensorBoard event file (`tensorboard --logdir
+LOGDIR`, Graphs tab): ops named `KIND_N` after their `%N` in the IR text, regions as name scopes.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any
 
 from .common import CliError, atomic_path, type_text
 from .loading import check_model_path, load_graph
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
   castml viz m.castml -o graph.html
-  castml viz m.onnx -o graph.html --entry main"""
+  castml viz m.onnx -o graph.html --entry main
+  castml viz m.castml -o graph.html --tensorboard runs/  # then: tensorboard --logdir runs/"""
 
 NODE_H, LAYER_GAP, NODE_GAP, CHAR_W = 34, 70, 28, 7.2
 
@@ -66,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("model", help="model file (.castml or .onnx)")
     p.add_argument("-o", "--output", required=True, help="HTML file to write")
     p.add_argument("--entry", help="entry of a multi-entry .castml file")
+    p.add_argument("--tensorboard", metavar="LOGDIR",
+                   help="also write the graph for TensorBoard into this folder (needs tensorboardX: "
+                   "pip install 'castml[train]')")
     return p
 
 
@@ -175,9 +182,27 @@ def run(args: argparse.Namespace) -> int:
     check_model_path(args.model)
     if not args.output.endswith((".html", ".htm")):
         raise CliError(f"output {args.output!r}: expected an .html file name")
-    g = load_graph(args.model, args.entry)
-    page = render(g, f"{os.path.basename(args.model)}{' / ' + args.entry if args.entry else ''}")
-    with atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
+    if args.tensorboard:
+        from .tensorboard import _protos
+
+        _protos()  # a missing tensorboardX is reported before any work
+    title = f"{os.path.basename(args.model)}{' / ' + args.entry if args.entry else ''}"
+    with Progress(f"castml viz {os.path.basename(args.model)}", total=3 + bool(args.tensorboard)) as bar:
+        bar.step("loading")
+        g = load_graph(args.model, args.entry)
+        bar.step("laying out")
+        page = render(g, title)
+        bar.step(f"writing {args.output}")
+        with atomic_path(args.output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+        event_file = None
+        if args.tensorboard:
+            from .tensorboard import write_graph
+
+            bar.step(f"writing the TensorBoard graph to {args.tensorboard}")
+            run_name = os.path.splitext(os.path.basename(args.model))[0] + (f".{args.entry}" if args.entry else "")
+            event_file = write_graph(g, args.tensorboard, run_name)
     print(f"wrote {args.output} ({len(page):,} bytes, {sum(1 for _ in g.walk())} ops)")
+    if event_file:
+        print(f"wrote {event_file}; view it with `tensorboard --logdir {args.tensorboard}` (Graphs tab)")
     return 0

@@ -21,6 +21,7 @@ import numpy as np
 
 from .common import CliError, input_arg, is_array_file, load_array_file, parse_literal
 from .loading import check_model_path, load_graph
+from .progress import Progress
 
 EXAMPLES = """\
 examples:
@@ -139,8 +140,10 @@ def manifest(g, title: str, source: str, baked: dict[str, np.ndarray], dims: lis
 
 
 def write_site(g, out_dir: str, title: str, source: str, baked: dict[str, np.ndarray] | None = None,
-               dims: list[str] | None = None, opset: int = 18) -> dict:
+               dims: list[str] | None = None, opset: int = 18, progress: Progress | None = None) -> dict:
     """Write the static folder for graph `g` into `out_dir`; returns the manifest.
+
+    `progress` (if given) gets one step per phase: export, page files, onnxruntime-web, inputs.
 
     >>> import tracer, tempfile
     >>> g = tracer.trace(lambda x: x * 2.0, np.zeros(3, np.float32))
@@ -149,17 +152,25 @@ def write_site(g, out_dir: str, title: str, source: str, baked: dict[str, np.nda
     """
     import exporters
 
+    def step(text: str) -> None:
+        if progress is not None:
+            progress.step(text)
+
     dist = ort_dist()
     baked = baked or {}
     info = manifest(g, title, source, baked, dims or [])
+    step("exporting model.onnx for onnxruntime-web")
     model = exporters.to_onnx(g, opset=opset, target="onnxruntime-web")  # ExportError names an op it lacks
     os.makedirs(os.path.join(out_dir, "ort"), exist_ok=True)
     exporters.write_atomic(os.path.join(out_dir, "model.onnx"), model.SerializeToString())
     exporters.write_atomic(os.path.join(out_dir, "model.json"), (json.dumps(info, indent=1) + "\n").encode())
+    step("copying the page")
     for f in PAGE_FILES:
         shutil.copyfile(os.path.join(WEB_DIR, "page", f), os.path.join(out_dir, f))
+    step("copying onnxruntime-web")
     for f in ORT_FILES:
         shutil.copyfile(os.path.join(dist, f), os.path.join(out_dir, "ort", f))
+    step("writing baked inputs")
     if baked:
         os.makedirs(os.path.join(out_dir, "inputs"), exist_ok=True)
     for name, a in baked.items():
@@ -173,10 +184,12 @@ def run(args: argparse.Namespace) -> int:
     from ir.graph import input_names
 
     check_model_path(args.model)
-    g = load_graph(args.model, args.entry)
-    baked = _baked(args.inputs, input_names(g))
-    title = args.title or os.path.basename(args.model)
-    info = write_site(g, args.output, title, os.path.basename(args.model), baked, args.dim, args.opset)
+    with Progress(f"castml web {os.path.basename(args.model)}", total=5) as bar:
+        bar.step(f"loading {args.model}")
+        g = load_graph(args.model, args.entry)
+        baked = _baked(args.inputs, input_names(g))
+        title = args.title or os.path.basename(args.model)
+        info = write_site(g, args.output, title, os.path.basename(args.model), baked, args.dim, args.opset, bar)
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(args.output) for f in fs)
     print(f"wrote {args.output} ({size / 2**20:.1f} MiB): {len(info['inputs'])} inputs, {len(info['outputs'])} "
           f"outputs; serve it with `python -m http.server -d {args.output} --bind 127.0.0.1 8000` and open "

@@ -32,6 +32,7 @@ from runtime import pytree
 
 from . import diff_engines as E
 from .common import TOLERANCES, summary, type_text
+from .progress import Progress
 
 SYMBOLIC_DIM = 3  # size of every symbolic dim in generated inputs (as `castml trace --check`)
 
@@ -229,36 +230,42 @@ def diff(fn: Callable | None, path: str, *example_args: Any, seed: int = 0, entr
     >>> report.ok, report.first.loc  # doctest: +SKIP
     (False, 'model.py:12')
     """
-    runtime_eng, file_graph, onnx_model = E.runtime_engine(path, entry)
-    opset = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), 18)
-    notes: list[str] = []
-    py_out = None
-    if fn is not None:
-        import tracer
+    with Progress(f"castml diff {path}", total=5 if fn is not None else 4) as bar:
+        bar.step(f"loading {path}")
+        runtime_eng, file_graph, onnx_model = E.runtime_engine(path, entry)
+        opset = next((o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx")), 18)
+        notes: list[str] = []
+        py_out = None
+        if fn is not None:
+            import tracer
 
-        trace_args, given = _spec_leaves(example_args, file_graph)
-        g = tracer.trace(fn, *trace_args)
-        names = E.traced_names(g, opset, {o for n in onnx_model.graph.node for o in n.output})
-        types = [(np.dtype(v.dtype), v.shape) for v in g.inputs]
-        leaves = concrete_leaves(types, given, seed)
-        try:
-            with np.errstate(all="ignore"):
-                py_out = pytree.flatten(fn(*pytree.unflatten(g.in_tree, E.widen_leaves(leaves))))[0]
-        except Exception as e:  # noqa: BLE001 - a function that rejects float64 still gets the op-level diff
-            notes.append(f"the Python function failed on float64 inputs ({type(e).__name__}: {e}); "
-                         f"the reference is the float64 interpretation of its traced graph only")
-        reference, interpreter = E.interpreter_engines(g, names)
-        engines = [interpreter, runtime_eng]
-    else:
-        g, names = file_graph, runtime_eng.names
-        reference, _ = E.interpreter_engines(g, names)
-        leaves = concrete_leaves([(np.dtype(v.dtype), v.shape) for v in g.inputs], inputs, seed)
-        engines = [runtime_eng]
-    ref, ref_out = reference.capture(E.widen_leaves(leaves))
-    results = {e.name: e.capture(leaves) for e in engines}
-    wanted = {n: np.dtype(v.dtype) for table in (runtime_eng.names, names) for v, n in table.items()
-              if v.producer is not None and v.producer.kind != "constant"}
-    results["onnxruntime"] = E.ort_capture(onnx_model, leaves, wanted, path)
+            bar.step("tracing the Python function")
+            trace_args, given = _spec_leaves(example_args, file_graph)
+            g = tracer.trace(fn, *trace_args)
+            names = E.traced_names(g, opset, {o for n in onnx_model.graph.node for o in n.output})
+            types = [(np.dtype(v.dtype), v.shape) for v in g.inputs]
+            leaves = concrete_leaves(types, given, seed)
+            try:
+                with np.errstate(all="ignore"):
+                    py_out = pytree.flatten(fn(*pytree.unflatten(g.in_tree, E.widen_leaves(leaves))))[0]
+            except Exception as e:  # noqa: BLE001 - a function that rejects float64 still gets the op-level diff
+                notes.append(f"the Python function failed on float64 inputs ({type(e).__name__}: {e}); "
+                             f"the reference is the float64 interpretation of its traced graph only")
+            reference, interpreter = E.interpreter_engines(g, names)
+            engines = [interpreter, runtime_eng]
+        else:
+            g, names = file_graph, runtime_eng.names
+            reference, _ = E.interpreter_engines(g, names)
+            leaves = concrete_leaves([(np.dtype(v.dtype), v.shape) for v in g.inputs], inputs, seed)
+            engines = [runtime_eng]
+        bar.step("running the float64 reference")
+        ref, ref_out = reference.capture(E.widen_leaves(leaves))
+        bar.step(f"running {', '.join(e.name for e in engines)}")
+        results = {e.name: e.capture(leaves) for e in engines}
+        wanted = {n: np.dtype(v.dtype) for table in (runtime_eng.names, names) for v, n in table.items()
+                  if v.producer is not None and v.producer.kind != "constant"}
+        bar.step("running onnxruntime")
+        results["onnxruntime"] = E.ort_capture(onnx_model, leaves, wanted, path)
     if fn is not None:
         top = [v for op in g.ops if op.kind != "constant" for v in op.outputs]  # region bodies are not exposed
         matched = sum(1 for v in top if names.get(v) in results["onnxruntime"][0])
@@ -286,38 +293,40 @@ def _compare_ops(report: DiffReport, g: Any, names: dict, reference: E.Engine, r
     accumulated: list[Divergence] = []
     outputs = {names.get(v) for v in g.outputs}
     drifted_outputs = False
-    for i, op in enumerate(g.ops):
-        if op.kind == "constant":
-            continue
-        report.ops += 1
-        local_cache: dict[str, tuple | None] = {}
-        for k, v in enumerate(op.outputs):
-            name = names.get(v)
-            if name is None or name not in ref:
+    with Progress("castml diff: comparing", total=sum(op.kind != "constant" for op in g.ops), unit=" ops") as bar:
+        for i, op in enumerate(g.ops):
+            if op.kind == "constant":
                 continue
-            local, drift, agreeing = [], [], []
-            for engine, (values, _) in results.items():
-                if name not in values:
+            report.ops += 1
+            local_cache: dict[str, tuple | None] = {}
+            for k, v in enumerate(op.outputs):
+                name = names.get(v)
+                if name is None or name not in ref:
                     continue
-                report.compared += 1
-                m_drift = compare(values[name], ref[name], engine)
-                if m_drift is None:
-                    agreeing.append(engine)
-                    continue
-                if engine not in local_cache:  # only where it differs: re-running an op costs as much as the op
-                    feed = [values.get(names.get(u), reference.by_value[u]) for u in op.inputs]
-                    local_cache[engine] = reference.run_op(i, E.widen_leaves(feed))
-                own = local_cache[engine]
-                m_local = compare(values[name], own[k], engine) if own is not None else m_drift
-                if m_local is not None:
-                    local.append(m_local)
-                else:
-                    drift.append(m_drift)
-                    drifted_outputs |= name in outputs
-            if local or drift:
-                d = Divergence(i, reference.program.steps[i].label, op.kind, op.loc or "", name, local or drift,
-                               agreeing, _feeds(op, labels, names, ref, inputs), accumulated=not local)
-                (report.divergences if local else accumulated).append(d)
+                local, drift, agreeing = [], [], []
+                for engine, (values, _) in results.items():
+                    if name not in values:
+                        continue
+                    report.compared += 1
+                    m_drift = compare(values[name], ref[name], engine)
+                    if m_drift is None:
+                        agreeing.append(engine)
+                        continue
+                    if engine not in local_cache:  # only where it differs: re-running an op costs as much as the op
+                        feed = [values.get(names.get(u), reference.by_value[u]) for u in op.inputs]
+                        local_cache[engine] = reference.run_op(i, E.widen_leaves(feed))
+                    own = local_cache[engine]
+                    m_local = compare(values[name], own[k], engine) if own is not None else m_drift
+                    if m_local is not None:
+                        local.append(m_local)
+                    else:
+                        drift.append(m_drift)
+                        drifted_outputs |= name in outputs
+                if local or drift:
+                    d = Divergence(i, reference.program.steps[i].label, op.kind, op.loc or "", name, local or drift,
+                                   agreeing, _feeds(op, labels, names, ref, inputs), accumulated=not local)
+                    (report.divergences if local else accumulated).append(d)
+            bar.advance()
     if not report.divergences and drifted_outputs:
         report.divergences.extend(accumulated)
 

@@ -25,6 +25,7 @@ from . import (
     cmd_trace,
     cmd_viz,
     cmd_web,
+    progress,
 )
 from .common import CliError
 
@@ -44,7 +45,13 @@ examples:
   castml bench m.castml --dim batch=32
   castml web m.castml -o site/
 
-run `castml COMMAND --help` for each command's options and examples."""
+run `castml COMMAND --help` for each command's options and examples.
+
+progress bars go to stderr, only when it is a terminal and a step takes over half a second;
+CASTML_PROGRESS=plain prints sparse plain lines instead (for logs), CASTML_PROGRESS=off or
+--quiet silences them."""
+
+QUIET_HELP = "no progress bars (same as CASTML_PROGRESS=off)"
 
 
 def one_line(e: BaseException, limit: int = 400) -> str:
@@ -70,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="castml", description="castml: trace NumPy code to an IR, export to ONNX or .castml, run it anywhere.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in COMMANDS:
         p = module.add_parser(sub)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback on errors")
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
         p.set_defaults(handler=module.run)
     return parser
 
@@ -88,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress.configure("off" if args.quiet else None)
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

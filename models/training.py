@@ -209,7 +209,7 @@ def fit(model: Module, loss: Callable | str, optimizer: Any, train_data: tuple[n
         epochs: int = 1, val_data: tuple[np.ndarray, np.ndarray] | None = None, batch_size: int = 32,
         params: Params | None = None, seed: int = 0, shuffle: bool = True, log_csv: str | None = None,
         checkpoint: str | None = None, engine: str = "runtime", verbose: bool = True,
-        log_dir: str | None = None) -> History:
+        log_dir: str | None = None, on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> History:
     """Train `model` on `train_data = (x, y)`; returns a `History` (metrics, params, opt_state).
 
     `params` defaults to `model.params` (or `model.init(seed)`); the trained parameters are also
@@ -217,6 +217,7 @@ def fit(model: Module, loss: Callable | str, optimizer: Any, train_data: tuple[n
     `metrics.csv` and, when tensorboardX is installed, TensorBoard event files (the epoch metrics
     and `batch/loss` per step); `checkpoint` is a `.castml` path rewritten atomically after each
     epoch. Step `i` runs with seed `step_seed(seed, i)`, so Dropout draws a new mask every step.
+    `on_epoch(epoch, metrics)` is called after each epoch (e.g. to drive a progress bar).
 
     >>> from models.layers import Linear
     >>> from models.optim import SGD
@@ -260,6 +261,8 @@ def fit(model: Module, loss: Callable | str, optimizer: Any, train_data: tuple[n
                 board.epoch(row)
             if checkpoint is not None:
                 save_checkpoint(checkpoint, model, params, opt_state, g, x[:1])
+            if on_epoch is not None:
+                on_epoch(epoch, row)
             if verbose:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
                 print(f"epoch {epoch}/{epochs}  {shown}  ({time.perf_counter() - t0:.1f}s)", file=sys.stderr)

@@ -499,7 +499,7 @@ def test_cli_demo_train_reaches_95_percent_and_engines_agree(tmp_path, capsys):
     args = argparse.Namespace(out_dir=str(tmp_path), no_ir=False, train=True, epochs=15)
     assert cmd_demo.run(args) == 0
     captured = capsys.readouterr()
-    assert captured.err.count("epoch ") == 15 and "epoch 15/15" in captured.err
+    assert captured.out.count("epoch ") == 15 and "epoch 15/15" in captured.out  # printed above the bar
     assert "same class for 360/360 images" in captured.out and "demo: all results agree" in captured.out
     assert (tmp_path / "digits.castml").exists() and (tmp_path / "digits.onnx").exists()
     assert (tmp_path / "logs" / "metrics.csv").exists()
