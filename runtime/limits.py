@@ -12,6 +12,9 @@ raises one number instead of patching code (docs/limits.md lists them all):
 
 Limits are process-wide. Set them with `set_limits(...)`, for a block with `with limits(...)`,
 or before start-up with environment variables `CASTML_MAX_<NAME>` (e.g. `CASTML_MAX_TENSOR_BYTES`).
+The native runtime (runtime/native) checks the same limits with the same messages:
+`runtime.native_backend` hands `current()` to it before every load and run, and `castml-run`
+reads the same environment variables.
 """
 
 from __future__ import annotations

@@ -1,12 +1,19 @@
 """The native backend: run `.castml` models through the C++ runtime (libcastml) via ctypes.
 
-Why ctypes and not a compiled extension: the library is built on demand
-(`python -m runtime.native.build`) and must never be needed to install or import castml, so
-Python talks to its plain C API (runtime/native/src/castml.h) and degrades to the NumPy
-backend when it is absent. `NativeSession` keeps `Session`'s contract: same pytrees in and
-out, same entries, `inputs`/`outputs`/`metadata`, typed errors (`ModelFormatError` for bad
-files, `RuntimeInputError` for bad inputs, `KernelError` for kernel failures). A model using an
-op the native runtime lacks raises `NativeUnsupportedError` at load, naming the op.
+`pip install -e .` builds the library (scikit-build-core + CMake) into runtime/native/build/;
+`python -m runtime.native.build` rebuilds it. Why ctypes over the plain C API
+(runtime/native/src/castml.h) rather than a nanobind/pybind11 extension: the C API is the
+product anyway (castml-run and C users call it), so one binary serves C and Python and there is
+no second, Python-ABI-specific build to keep in step; the library carries no Python symbols,
+so importing `runtime` never depends on it and a missing or unloadable library (or its BLAS)
+is an ordinary `NativeUnavailableError` that `backend="auto"` turns into the NumPy backend; and
+the per-call cost ctypes adds (~5 us) is small beside a model run. `NativeSession` keeps
+`Session`'s contract: same pytrees in and out, same entries, `inputs`/`outputs`/`metadata`,
+typed errors (`ModelFormatError` for bad files, `RuntimeInputError` for bad inputs and limits,
+`KernelError` for kernel failures). A model using an op the native runtime lacks raises
+`NativeUnsupportedError` at load, naming the op. The limits of `runtime.limits` are handed to
+the library before every load and run (`castml_set_limits`), so both backends refuse the same
+files and calls with the same messages.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import limits as L
 from . import pytree
 from .errors import CastmlError, KernelError, ModelFormatError, RuntimeInputError
 from .executor import _safe_scalar
@@ -44,12 +52,21 @@ class _CTensor(ctypes.Structure):
                 ("data", ctypes.c_void_p)]
 
 
+class _CLimits(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("max_rank", "max_ops", "max_region_depth", "max_file_bytes",
+                                                     "max_tensor_bytes", "max_intermediate_bytes",
+                                                     "max_loop_iterations")]
+
+
 _lib = None
 _lib_lock = threading.Lock()
+_pushed_limits: L.Limits | None = None  # the Limits object last handed to the library
 
 
 def library_path() -> str:
-    """The shared library used: `$CASTML_NATIVE_LIB`, else runtime/native/build/libcastml.so.
+    """The shared library used: `$CASTML_NATIVE_LIB`; else the build tree's
+    runtime/native/build/libcastml.so (editable installs, `python -m runtime.native.build`)
+    when it exists; else runtime/native/libcastml.so (where a regular wheel installs it).
 
     >>> library_path().endswith("libcastml.so")
     True
@@ -57,7 +74,10 @@ def library_path() -> str:
     env = os.environ.get("CASTML_NATIVE_LIB")
     if env:
         return env
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "build", "libcastml.so")
+    native = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    built = os.path.join(native, "build", "libcastml.so")
+    installed = os.path.join(native, "libcastml.so")
+    return installed if not os.path.exists(built) and os.path.exists(installed) else built
 
 
 _AVX512 = ("avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl")
@@ -88,6 +108,23 @@ def _blas_core_for_this_cpu():
         del os.environ["OPENBLAS_CORETYPE"]
 
 
+def _preload_blas() -> bool:
+    """Load the `scipy-openblas32` wheel's OpenBLAS with global symbols, so a library whose
+    RUNPATH misses it (an environment moved since the build) finds it by its soname; False when
+    that wheel is not installed or its library does not load."""
+    import sys
+
+    for entry in sys.path:  # where `import scipy_openblas32` would find the package
+        blas = os.path.join(entry or ".", "scipy_openblas32", "lib", "libscipy_openblas.so")
+        if os.path.exists(blas):
+            try:
+                ctypes.CDLL(blas, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            return True
+    return False
+
+
 def _library() -> ctypes.CDLL:
     global _lib
     with _lib_lock:
@@ -96,12 +133,18 @@ def _library() -> ctypes.CDLL:
         path = library_path()
         if not os.path.exists(path):
             raise NativeUnavailableError(f"the native runtime is not built ({path} is missing); "
-                                         f"build it with `python -m runtime.native.build`")
+                                         f"`pip install -e .` builds it, or `python -m runtime.native.build`")
         try:
             with _blas_core_for_this_cpu():
-                lib = ctypes.CDLL(path)
+                try:
+                    lib = ctypes.CDLL(path)
+                except OSError as e:
+                    if "libscipy_openblas" not in str(e) or not _preload_blas():
+                        raise
+                    lib = ctypes.CDLL(path)
         except OSError as e:
-            raise NativeUnavailableError(f"cannot load the native runtime {path}: {e}") from None
+            raise NativeUnavailableError(f"cannot load the native runtime {path}: {e} (its BLAS comes from the "
+                                         f"scipy-openblas32 package)") from None
         vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
         for name, res, args in (("castml_load", vp, [cp]), ("castml_load_buffer", vp, [vp, ctypes.c_size_t]),
                                 ("castml_free", None, [vp]), ("castml_describe", cp, [vp]),
@@ -110,8 +153,14 @@ def _library() -> ctypes.CDLL:
                                 ("castml_result_get", i, [vp, i, ctypes.POINTER(_CTensor)]),
                                 ("castml_result_free", None, [vp]), ("castml_last_error", cp, []),
                                 ("castml_last_error_kind", i, []), ("castml_blas", cp, []),
-                                ("castml_kernel_names", cp, []), ("castml_set_num_threads", None, [i])):
-            fn = getattr(lib, name)
+                                ("castml_kernel_names", cp, []), ("castml_set_num_threads", None, [i]),
+                                ("castml_set_limits", i, [ctypes.POINTER(_CLimits)]),
+                                ("castml_get_limits", None, [ctypes.POINTER(_CLimits)])):
+            try:
+                fn = getattr(lib, name)
+            except AttributeError:  # a library built from older sources
+                raise NativeUnavailableError(f"the native runtime {path} lacks {name}(): it is out of date; "
+                                             f"rebuild it with `python -m runtime.native.build`") from None
             fn.restype, fn.argtypes = res, args
         _lib = lib
         return lib
@@ -145,6 +194,31 @@ def set_threads(n: int) -> None:
 def kernel_names() -> list[str]:
     """The op kinds the native runtime has kernels for (sorted)."""
     return _library().castml_kernel_names().decode().split(",")
+
+
+def _push_limits(lib: ctypes.CDLL) -> None:
+    """Hand `runtime.limits.current()` to the library when it changed since the last push (a
+    load or run reads the library's limits when it starts; they are process-wide on both sides)."""
+    global _pushed_limits
+    cur = L.current()
+    if cur is _pushed_limits:
+        return
+    top = (1 << 64) - 1
+    lim = _CLimits(*(min(getattr(cur, name), top) for name, _ in _CLimits._fields_))
+    if lib.castml_set_limits(ctypes.byref(lim)) != 0:
+        _raise_last(lib, "castml_set_limits")
+    _pushed_limits = cur
+
+
+def native_limits() -> L.Limits:
+    """The limits the library holds now (those of `runtime.limits` after any load or run).
+
+    >>> native_limits().max_rank if available() else 8
+    8
+    """
+    lim = _CLimits()
+    _library().castml_get_limits(ctypes.byref(lim))
+    return L.Limits(**{name: int(getattr(lim, name)) for name, _ in _CLimits._fields_})
 
 
 def _raise_last(lib: ctypes.CDLL, what: str) -> None:
@@ -259,11 +333,13 @@ class NativeSession:
                 arr = arr.astype(info.dtype)
             if arr.dtype not in _CODES:
                 raise RuntimeInputError(f"input {info.name!r}: unsupported dtype {arr.dtype}")
-            arr = np.ascontiguousarray(arr)
+            if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+                arr = np.ascontiguousarray(arr)
             shape = (ctypes.c_int64 * max(arr.ndim, 1))(*arr.shape)
             arrays.append((arr, shape))
             tensors[k] = _CTensor(_CODES[arr.dtype], arr.ndim, shape, arr.ctypes.data)
         lib = self._model.lib
+        _push_limits(lib)
         res = lib.castml_run(self._model.handle, e.bname, len(leaves), tensors)
         if not res:
             _raise_last(lib, "castml_run")
@@ -300,6 +376,7 @@ def load(source: Any, verify: bool = False) -> NativeSession:
     file (NativeUnsupportedError when an op has no native kernel).
     """
     lib = _library()
+    _push_limits(lib)
     if verify:  # the data hash is checked by the Python loader (its only extra check)
         from .loader import decode
 

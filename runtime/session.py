@@ -316,13 +316,14 @@ def set_blas_threads(n: int) -> int:
 
 
 def load(source: Any, verify: bool = False, profile: bool = False, blas_threads: int | None = None,
-         backend: str = "numpy") -> Session:
+         backend: str = "auto") -> Session:
     """Load a `.castml` model from a path (memory-mapped), bytes or memoryview.
 
     `verify=True` checks the tensor data against the hash in the file; `profile=True` records
-    time per op (`sess.profile()`); `blas_threads` sets OpenBLAS's thread count (process-wide).
-    `backend`: "numpy" (this module), "native" (the C++ runtime, `runtime.native_backend`), or
-    "auto": native when its library is built and runs every op of the model, else NumPy.
+    time per op (`sess.profile()`, NumPy backend only); `blas_threads` sets the BLAS thread count
+    (process-wide). `backend`: "auto" (the default): the C++ runtime when its library (built by
+    `pip install -e .`) and its BLAS load and it has a kernel for every op of the model, else
+    NumPy; "numpy" (this module); "native" (`runtime.native_backend`, an error when it cannot).
     `sess.backend` says which one runs.
 
     >>> import tracer

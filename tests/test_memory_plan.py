@@ -21,7 +21,7 @@ from tracer import TensorSpec
 
 
 def _session(g):
-    return runtime.load(to_bytes(g))
+    return runtime.load(to_bytes(g), backend="numpy")  # the NumPy backend's memory plan
 
 
 def _zoo_graph(name: str, optimize: bool):

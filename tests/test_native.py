@@ -11,6 +11,7 @@ threads.
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import threading
 
@@ -322,7 +323,7 @@ def zoo_files(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_native_vs_numpy(name, zoo_files):
     path, params = zoo_files[name]
-    native, ref = runtime.load(path, backend="native"), runtime.load(path)
+    native, ref = runtime.load(path, backend="native"), runtime.load(path, backend="numpy")
     for batch in (1, 7):
         x = _f((batch,) + ZOO[name][1:], seed=batch)
         assert_agree(native.run(x, params), ref.run(x, params))
@@ -346,7 +347,7 @@ def test_optimized_zoo_model_native_vs_numpy(name, zoo_files):
 
 def test_sessions_are_thread_safe(zoo_files):
     path, params = zoo_files["lenet"]
-    native, ref = runtime.load(path, backend="native"), runtime.load(path)
+    native, ref = runtime.load(path, backend="native"), runtime.load(path, backend="numpy")
     inputs = [_f((b, 1, 28, 28), seed=b) for b in (1, 2, 3, 5)]
     expected = [ref.run(x, params) for x in inputs]
     errors: list = []
@@ -371,7 +372,7 @@ def test_castml_run_executable(zoo_files, tmp_path):
     from runtime.native.build import executable_path
 
     path, params = zoo_files["mlp"]
-    ref = runtime.load(path)
+    ref = runtime.load(path, backend="numpy")
     x = _f((3, 784))
     info = ref.inputs
     flat = dict(zip([i.name for i in info], [x] + _param_leaves(params)))
@@ -396,6 +397,101 @@ def test_castml_run_executable(zoo_files, tmp_path):
     assert wrong.returncode == 1 and "expected dtype" in wrong.stderr
 
 
+# ---- limits: the same typed errors and messages from both backends -----------------------------
+
+def _errors_of_both(source, run_args=None) -> list[tuple[type, str]]:
+    """(type, message) of the error each backend raises loading `source` (and running it on
+    `run_args` when given)."""
+    out = []
+    for backend in ("numpy", "native"):
+        try:
+            sess = runtime.load(source, backend=backend)
+            if run_args is not None:
+                sess.run(*run_args)
+        except runtime.CastmlError as e:
+            out.append((type(e), str(e)))
+        else:
+            out.append((None, "no error"))
+    return out
+
+
+LOAD_LIMITS = {  # limit -> (a file that exceeds it once the limit is tiny, message pattern)
+    "max_rank": (dict(values=(("x", 11, (1, 1, 1)), ("", 11, (1, 1, 1)))), r"rank 3 exceeds the maximum 2 \(raise it"),
+    "max_ops": (dict(ops=(("neg", (0,), (1,), ()), ("neg", (1,), (2,), ())),
+                     values=(("x", 11, (2,)), ("", 11, (2,)), ("", 11, (2,)))), r"more than 1 ops in the model"),
+    "max_region_depth": (None, r"regions nest deeper than 2 \("),
+    "max_file_bytes": (dict(), r"more than max_file_bytes = 100 \("),
+}
+LOAD_VALUES = {"max_rank": 2, "max_ops": 1, "max_region_depth": 2, "max_file_bytes": 100}
+
+
+@pytest.mark.parametrize("name", sorted(LOAD_LIMITS))
+def test_load_limits_refuse_alike(name):
+    from tests.test_castml_format import _nested
+
+    spec, pattern = LOAD_LIMITS[name]
+    data = _hand_model(**(_nested(3) if spec is None else spec))
+    for _, message in _errors_of_both(data):  # within the default limits (a regions-owning neg is refused)
+        assert f"set_limits({name}=" not in message, message
+    with runtime.limits.limits(**{name: LOAD_VALUES[name]}):
+        (t1, m1), (t2, m2) = _errors_of_both(data)
+    assert t1 is t2 is runtime.ModelFormatError, (t1, t2)
+    assert m1 == m2, (m1, m2)
+    assert re.search(pattern, m1) and f"set_limits({name}=...) or CASTML_{name.upper()}" in m1, m1
+
+
+@pytest.mark.parametrize("name,value,pattern", [
+    ("max_tensor_bytes", 64, r"entry 'main': a value of type float32\[n,4\] would take 80 bytes with \{'n': 5\}, "
+                             r"more than max_tensor_bytes = 64 \(raise it"),
+    ("max_intermediate_bytes", 100, r"entry 'main': 160 bytes of intermediate values alive at once \(at step \d\), "
+                                    r"more than max_intermediate_bytes = 100 \(raise it"),
+])
+def test_run_limits_refuse_alike(name, value, pattern):
+    g = tracer.trace(lambda x: np.exp(x) * 2.0 + x, tracer.TensorSpec(("n", 4), np.float32))
+    data = to_bytes(g)
+    small, big = _f((2, 4)), _f((5, 4))
+    with runtime.limits.limits(**{name: value}):
+        assert _errors_of_both(data, (small,)) == [(None, "no error")] * 2
+        (t1, m1), (t2, m2) = _errors_of_both(data, (big,))
+    assert t1 is t2 is runtime.RuntimeInputError, (t1, t2)
+    assert m1 == m2, (m1, m2)
+    assert re.search(pattern, m1), m1
+    # a session loaded before the limit changes obeys the new one at its next run
+    sess = runtime.load(data, backend="native")
+    assert_agree(sess.run(big), np.exp(big) * 2.0 + big)
+    with runtime.limits.limits(**{name: value}), pytest.raises(runtime.RuntimeInputError, match=pattern):
+        sess.run(big)
+    assert_agree(sess.run(big), np.exp(big) * 2.0 + big)
+
+
+def test_native_limits_follow_python_and_environment(zoo_files, tmp_path):
+    import os
+    import sys
+
+    from runtime.native.build import executable_path
+
+    with runtime.limits.limits(max_ops=7, max_tensor_bytes=12345):
+        runtime.load(to_bytes(tracer.trace(lambda x: -x, X)), backend="native")
+        assert nb.native_limits() == runtime.limits.current()
+    # castml-run has no Python: it reads the same CASTML_MAX_* variables
+    path, params = zoo_files["mlp"]
+    files = []
+    for k, leaf in enumerate([_f((3, 784))] + _param_leaves(params)):
+        files.append(str(tmp_path / f"{k}.npy"))
+        np.save(files[-1], leaf)
+    cmd = [str(executable_path()), str(path), *files, "-o", str(tmp_path / "out.npz")]
+    for env, expected in ({"CASTML_MAX_TENSOR_BYTES": "1_000"}, "more than max_tensor_bytes = 1000"), (
+            {"CASTML_MAX_OPS": "2"}, "ops in the model (raise it"), ({"CASTML_MAX_RANK": "many"},
+                                                                    "CASTML_MAX_RANK: expected an integer, got 'many'"):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+        assert proc.returncode == 1 and expected in proc.stderr, (env, proc.stderr)
+    # and the Python side reads them too, at import
+    code = "import runtime; print(runtime.limits.current().max_ops)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CASTML_MAX_OPS="2"))
+    assert proc.stdout.strip() == "2", proc.stderr
+
+
 def _param_leaves(params) -> list:
     from runtime import pytree
 
@@ -416,6 +512,15 @@ def test_malformed_file_gives_model_format_error(case, tmp_path):
     for source in (p, data):
         with pytest.raises(runtime.ModelFormatError, match=match):
             nb.load(source)
+
+
+def test_op_without_inputs_is_refused_typed_not_internal():
+    """libFuzzer found it: a max_pool with no inputs made a kernel check throw std::out_of_range;
+    the load refuses it as unsupported and "auto" leaves it to the NumPy backend."""
+    data = _hand_model(ops=(("max_pool", (), (1,), ()),))
+    with pytest.raises(nb.NativeUnsupportedError, match="cannot lower this graph"):
+        runtime.load(data, backend="native")
+    assert runtime.load(data).backend == "numpy"
 
 
 W_CNN = _f((2, 1, 3, 3))
@@ -481,7 +586,8 @@ def test_input_errors_are_runtime_input_errors(zoo_files):
 
 def test_backend_selection_and_fallback():
     data = to_bytes(tracer.trace(lambda x: np.exp(x) * 2.0, X))
-    assert runtime.load(data).backend == "numpy"
+    assert runtime.load(data, backend="numpy").backend == "numpy"
+    assert runtime.load(data).backend == "native"  # "auto", the default, once the library is built
     assert runtime.load(data, backend="auto").backend == "native"
     # einsum has no native kernel: native names the op, auto falls back to NumPy
     g = tracer.trace(lambda a, b: np.einsum("ij,jk->ik", a, b), X, _f((4, 2)))
@@ -524,7 +630,7 @@ def test_pytrees_entries_and_metadata_match_numpy(tmp_path):
     g = tracer.trace(lambda p, x: {"y": x @ p["w"] + p["b"], "n": [x.sum()]},
                      {"w": _f((4, 2)), "b": _f((2,))}, tracer.TensorSpec(("batch", 4), np.float32))
     data = to_bytes({"main": g, "double": tracer.trace(lambda v: v * 2, I32)})
-    native, ref = runtime.load(data, backend="native"), runtime.load(data)
+    native, ref = runtime.load(data, backend="native"), runtime.load(data, backend="numpy")
     assert native.entries == ref.entries
     assert native.inputs == ref.inputs and native.outputs == ref.outputs
     args = ({"w": _f((4, 2), seed=3), "b": _f((2,), seed=4)}, _f((5, 4)))

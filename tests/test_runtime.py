@@ -67,7 +67,7 @@ def test_saved_model_runs_like_interpret(name, tmp_path):
     g = tracer.trace(fn, *specs(1))
     path = tmp_path / f"{name}.castml"
     save_castml(g, path)
-    sess = runtime.load(path, verify=True)
+    sess = runtime.load(path, verify=True, backend="numpy")  # same kernels as ir.interpret: identical bits
     for batch in (1, 7, 64):
         args = inputs(batch)
         got, ref = sess.run(*args), ir.interpret(g, *args)
@@ -163,7 +163,7 @@ def test_memory_plan_is_near_the_liveness_bound():
             x = np.tanh(x @ w) + x
         return x
 
-    sess = runtime.load(to_bytes(tracer.trace(deep, TensorSpec(("batch", d)))))
+    sess = runtime.load(to_bytes(tracer.trace(deep, TensorSpec(("batch", d)))), backend="numpy")
     plan = sess.memory_plan(batch=32)
     assert plan.lower_bound_bytes >= 2 * 32 * d * 4  # a residual block holds two activations
     assert plan.lower_bound_bytes <= plan.peak_bytes <= 1.2 * plan.lower_bound_bytes
@@ -195,7 +195,14 @@ def test_profile_reports_every_op():
         runtime.load(to_bytes(g)).profile()
 
 
-def test_runtime_imports_nothing_else_of_ours(tmp_path):
+@pytest.mark.parametrize("backend", ["numpy", "native", "auto"])
+def test_runtime_imports_nothing_else_of_ours(tmp_path, backend):
+    """Both backends run a model with tracer/ir/exporters/onnx blocked; "auto" picks the native one
+    once it is built (pip install -e . builds it; build() is a no-op then)."""
+    if backend != "numpy":
+        from runtime.native.build import build
+
+        build()
     fn, specs, inputs = CASES["cnn"]
     g = tracer.trace(fn, *specs(1))
     p = tmp_path / "m.castml"
@@ -209,7 +216,9 @@ def test_runtime_imports_nothing_else_of_ours(tmp_path):
             sys.modules[name] = None
         import numpy as np
         import runtime
-        y = runtime.load({str(p)!r}, verify=True).run(np.load({str(tmp_path / 'x.npy')!r}))
+        sess = runtime.load({str(p)!r}, verify=True, backend={backend!r})
+        assert sess.backend == {"numpy" if backend == "numpy" else "native"!r}, sess.backend
+        y = sess.run(np.load({str(tmp_path / 'x.npy')!r}))
         ref = np.load({str(tmp_path / 'ref.npy')!r})  # BLAS thread counts may differ: the tolerance rule
         assert np.all(np.abs(y - ref) <= 1e-4 * np.abs(ref) + 1e-5 * np.abs(ref).max())
         leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tracer", "ir", "exporters", "onnx")

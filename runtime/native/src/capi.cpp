@@ -2,8 +2,11 @@
 // calling thread and returns NULL / -1, so nothing C++ ever crosses into C, ctypes or Python.
 #include "castml.h"
 
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <set>
 #include <string>
 
 #include "gemm.h"
@@ -11,9 +14,24 @@
 #include "model.h"
 #include "program.h"
 
+// The run-time limits checked for one entry: its values' declared types and live intervals,
+// as runtime/session.py's `_Entry.plan` (step outputs of the body, constants excluded).
+struct PlannedValue {
+  uint32_t value;
+  size_t first, last;
+};
+
+struct EntryLimits {
+  std::vector<PlannedValue> plan;
+  std::mutex mutex;  // guards the cache below
+  uint64_t generation = ~uint64_t{0};
+  std::set<std::vector<int64_t>> checked;  // input shapes already checked under `generation`
+};
+
 struct castml_model {
   castml::ModelDef def;
   std::vector<std::unique_ptr<castml::Program>> programs;  // parallel to def.entries
+  std::vector<std::unique_ptr<EntryLimits>> limits;        // parallel to def.entries
   std::string description;
 };
 
@@ -55,8 +73,9 @@ std::string dim_json(const castml::Dim& d) {
 std::string describe(const castml::ModelDef& m) {
   std::string out = "{";
   bool first_entry = true;
-  for (const auto& [name, g] : m.entries) {
-    out += (first_entry ? "" : ",") + castml::json_quote(name) + ":{";
+  for (const auto& entry : m.entries) {
+    const castml::GraphDef& g = entry.second;  // (a structured binding cannot be captured in C++17)
+    out += (first_entry ? "" : ",") + castml::json_quote(entry.first) + ":{";
     first_entry = false;
     auto tensors = [&](const std::vector<uint32_t>& ids, const std::vector<std::string>& names) {
       std::string s = "[";
@@ -82,6 +101,129 @@ std::string describe(const castml::ModelDef& m) {
   return out + "}";
 }
 
+// Values a region reads, nested regions included (what `Region.captured()` gives Python).
+void region_reads(const castml::GraphDef& g, uint32_t k, std::set<uint32_t>* out) {
+  for (const castml::OpDef& op : g.regions[k].ops) {
+    out->insert(op.inputs.begin(), op.inputs.end());
+    for (uint32_t sub : op.regions) region_reads(g, sub, out);
+  }
+  out->insert(g.regions[k].outputs.begin(), g.regions[k].outputs.end());
+}
+
+// runtime/memory.py's _lifetimes over the body: value -> [defining op, last op reading it];
+// graph outputs live to the end.
+std::vector<PlannedValue> plan_of(const castml::GraphDef& g) {
+  const castml::RegionDef& body = g.regions[0];
+  std::map<uint32_t, size_t> index;  // value -> position in `plan`
+  std::vector<PlannedValue> plan;
+  for (size_t i = 0; i < body.ops.size(); ++i) {
+    const castml::OpDef& op = body.ops[i];
+    std::set<uint32_t> used(op.inputs.begin(), op.inputs.end());
+    for (uint32_t sub : op.regions) region_reads(g, sub, &used);
+    for (uint32_t v : used) {
+      auto it = index.find(v);
+      if (it != index.end()) plan[it->second].last = i;
+    }
+    if (op.kind == "constant") continue;
+    for (uint32_t v : op.outputs) {
+      index[v] = plan.size();
+      plan.push_back({v, i, i});
+    }
+  }
+  for (uint32_t v : body.outputs) {
+    auto it = index.find(v);
+    if (it != index.end()) plan[it->second].last = body.ops.size();
+  }
+  return plan;
+}
+
+std::string type_text(const castml::ValueDef& v) {
+  std::string s = std::string(castml::dtype_name(v.dtype)) + "[";
+  for (size_t a = 0; a < v.shape.size(); ++a)
+    s += (a ? "," : "") + (v.shape[a].is_static() ? std::to_string(v.shape[a].size) : v.shape[a].text);
+  return s + "]";
+}
+
+// runtime.limits.check_plan with the same messages: every planned value within max_tensor_bytes,
+// the values alive at once within max_intermediate_bytes. Symbols are bound from the inputs as
+// Program::run binds them; a binding it would refuse is left to it (it says why).
+void check_run_limits(const std::string& entry, const castml::GraphDef& g, EntryLimits& el,
+                      const std::vector<castml::Tensor>& inputs) {
+  castml::Limits lim = castml::current_limits();
+  std::vector<int64_t> key;
+  for (const castml::Tensor& t : inputs) {
+    key.push_back(-1 - t.rank());  // a separator no dim can equal
+    key.insert(key.end(), t.shape.begin(), t.shape.end());
+  }
+  uint64_t generation = castml::limits_generation();
+  {
+    std::lock_guard<std::mutex> lock(el.mutex);
+    if (el.generation == generation && el.checked.count(key)) return;
+  }
+  const castml::RegionDef& body = g.regions[0];
+  if (inputs.size() != body.inputs.size()) return;
+  castml::Env env;
+  std::string env_text;  // as Python prints the dict: {'n': 4, 'm': 3}, in binding order
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const castml::ValueDef& vd = g.values[body.inputs[k]];
+    if (vd.shape.size() != inputs[k].shape.size()) return;
+    for (size_t a = 0; a < vd.shape.size(); ++a) {
+      if (!vd.shape[a].is_symbol()) continue;
+      auto [it, inserted] = env.emplace(vd.shape[a].text, inputs[k].shape[a]);
+      if (!inserted && it->second != inputs[k].shape[a]) return;
+      if (inserted) env_text += (env_text.empty() ? "'" : ", '") + it->first + "': " + std::to_string(it->second);
+    }
+  }
+  env_text = "{" + env_text + "}";
+  std::string where = "entry '" + entry + "'";
+  std::map<size_t, __int128> delta;
+  for (const PlannedValue& p : el.plan) {
+    const castml::ValueDef& vd = g.values[p.value];
+    unsigned __int128 n = 1;
+    bool known = true;
+    for (const castml::Dim& d : vd.shape) {
+      int64_t size;
+      try {
+        size = d.eval(env);
+      } catch (const castml::Error&) {
+        known = false;  // a data-dependent dim: nothing to check before running
+        break;
+      }
+      if (size < 0) return;  // Program::run refuses these inputs, naming the value
+      if (size == 0 || n <= (~static_cast<unsigned __int128>(0) >> 64))  // (no overflow: n < 2**65 after)
+        n = size == 0 ? 0 : n * static_cast<uint64_t>(size);
+    }
+    if (!known) continue;
+    unsigned __int128 nbytes = n * castml::dtype_size(vd.dtype);
+    if (nbytes > lim.max_tensor_bytes) {
+      std::string shown = nbytes >> 64 ? "over 2**64" : std::to_string(static_cast<uint64_t>(nbytes));
+      castml::fail(castml::kInputError, where + ": a value of type " + type_text(vd) + " would take " + shown +
+                                            " bytes with " + env_text + ", more than max_tensor_bytes = " +
+                                            std::to_string(lim.max_tensor_bytes) + " (" +
+                                            castml::how_to_raise("max_tensor_bytes") + ")");
+    }
+    delta[p.first] += static_cast<__int128>(nbytes);
+    delta[p.last + 1] -= static_cast<__int128>(nbytes);
+  }
+  __int128 live = 0;
+  for (const auto& [step, change] : delta) {
+    live += change;
+    if (live > static_cast<__int128>(lim.max_intermediate_bytes))
+      castml::fail(castml::kInputError,
+                   where + ": " + std::to_string(static_cast<uint64_t>(live)) +
+                       " bytes of intermediate values alive at once (at step " + std::to_string(step) +
+                       "), more than max_intermediate_bytes = " + std::to_string(lim.max_intermediate_bytes) + " (" +
+                       castml::how_to_raise("max_intermediate_bytes") + ")");
+  }
+  std::lock_guard<std::mutex> lock(el.mutex);
+  if (el.generation != generation) {
+    el.checked.clear();
+    el.generation = generation;
+  }
+  if (el.checked.size() > 1024) el.checked.clear();
+  el.checked.insert(std::move(key));
+}
+
 castml_model* finish_load(std::shared_ptr<castml::MappedFile> file) {
   auto m = std::make_unique<castml_model>();
   m->def = castml::decode_model(std::move(file));
@@ -90,7 +232,16 @@ castml_model* finish_load(std::shared_ptr<castml::MappedFile> file) {
       m->programs.push_back(std::make_unique<castml::Program>(m->def, entry.second));
     } catch (const castml::Error& e) {
       castml::fail(e.kind, (m->def.entries.size() > 1 ? "entry '" + entry.first + "': " : std::string()) + e.message);
+    } catch (const std::bad_alloc&) {
+      throw;
+    } catch (const std::exception& e) {
+      // a kernel's load-time check tripped over an op form it does not expect (e.g. no inputs,
+      // found by fuzzing): this runtime cannot run the graph, the NumPy backend decides
+      castml::fail(castml::kUnsupportedError, "entry '" + entry.first + "': the native runtime cannot lower this graph (" +
+                                                   e.what() + ")");
     }
+    m->limits.push_back(std::make_unique<EntryLimits>());
+    m->limits.back()->plan = plan_of(entry.second);
   }
   m->description = describe(m->def);
   return m.release();
@@ -145,9 +296,13 @@ castml_result* castml_run(const castml_model* model, const char* entry, int n_in
     if (!model) castml::fail(castml::kInputError, "castml_run: model is NULL");
     std::string name = entry ? entry : "main";
     const castml::Program* program = nullptr;
+    EntryLimits* limits = nullptr;
     std::string known;
     for (size_t k = 0; k < model->def.entries.size(); ++k) {
-      if (model->def.entries[k].first == name) program = model->programs[k].get();
+      if (model->def.entries[k].first == name) {
+        program = model->programs[k].get();
+        limits = model->limits[k].get();
+      }
       known += (k ? ", " : "") + model->def.entries[k].first;
     }
     if (!program) castml::fail(castml::kInputError, "no entry '" + name + "'; the model has " + known);
@@ -156,7 +311,7 @@ castml_result* castml_run(const castml_model* model, const char* entry, int n_in
     for (int k = 0; k < n_inputs; ++k) {
       const castml_tensor& t = inputs[k];
       if (!castml::dtype_valid(t.dtype)) castml::fail(castml::kInputError, "input " + std::to_string(k) + ": bad dtype code");
-      if (t.rank < 0 || t.rank > 8 || (t.rank > 0 && !t.shape))
+      if (t.rank < 0 || t.rank > 64 || (t.rank > 0 && !t.shape))
         castml::fail(castml::kInputError, "input " + std::to_string(k) + ": bad rank");
       ts[k].dtype = static_cast<castml::DType>(t.dtype);
       ts[k].shape.assign(t.shape, t.shape + t.rank);
@@ -165,6 +320,7 @@ castml_result* castml_run(const castml_model* model, const char* entry, int n_in
       ts[k].data = t.data;
       if (!t.data && ts[k].size() > 0) castml::fail(castml::kInputError, "input " + std::to_string(k) + ": data is NULL");
     }
+    check_run_limits(name, program->graph(), *limits, ts);
     auto r = std::make_unique<castml_result>();
     r->result = program->run(ts);
     return r.release();
@@ -203,5 +359,34 @@ const char* castml_kernel_names(void) {
 }
 
 const char* castml_blas(void) { return castml::blas_name(); }
+
+void castml_get_limits(castml_limits* out) {
+  if (!out) return;
+  castml::Limits l;
+  try {
+    l = castml::current_limits();
+  } catch (const castml::Error&) {  // a malformed CASTML_MAX_* variable: the defaults
+  }
+  *out = {l.max_rank, l.max_ops, l.max_region_depth, l.max_file_bytes, l.max_tensor_bytes,
+          l.max_intermediate_bytes, l.max_loop_iterations};
+}
+
+int castml_set_limits(const castml_limits* limits) {
+  set_error(CASTML_OK, "");
+  if (!limits) {
+    set_error(CASTML_ERR_INPUT, "castml_set_limits: limits is NULL");
+    return -1;
+  }
+  castml::Limits l;
+  l.max_rank = limits->max_rank;
+  l.max_ops = limits->max_ops;
+  l.max_region_depth = limits->max_region_depth;
+  l.max_file_bytes = limits->max_file_bytes;
+  l.max_tensor_bytes = limits->max_tensor_bytes;
+  l.max_intermediate_bytes = limits->max_intermediate_bytes;
+  l.max_loop_iterations = limits->max_loop_iterations;
+  castml::set_limits(l);
+  return 0;
+}
 
 }  // extern "C"

@@ -83,6 +83,30 @@ CASTML_API void castml_result_free(castml_result* result);
 CASTML_API const char* castml_last_error(void);
 CASTML_API int castml_last_error_kind(void);
 
+/* Resource limits for untrusted files: the fields, meanings, defaults and messages of
+ * runtime/limits.py. Load time (CASTML_ERR_FORMAT): max_file_bytes, max_rank, max_ops,
+ * max_region_depth. Run time (CASTML_ERR_INPUT, checked before allocating): max_tensor_bytes
+ * (one value), max_intermediate_bytes (values alive at once), max_loop_iterations (no native
+ * op loops yet). Process-wide; initialised from the environment variables CASTML_MAX_<FIELD>
+ * (e.g. CASTML_MAX_TENSOR_BYTES=1_000_000) on first use, like the Python runtime. A load reads
+ * the limits in force when it starts, a run those in force when it starts. */
+typedef struct {
+  uint64_t max_rank;
+  uint64_t max_ops;
+  uint64_t max_region_depth;
+  uint64_t max_file_bytes;
+  uint64_t max_tensor_bytes;
+  uint64_t max_intermediate_bytes;
+  uint64_t max_loop_iterations;
+} castml_limits;
+
+/* Fills *out with the limits in force (the defaults while a CASTML_MAX_* variable is malformed:
+ * loads and runs then fail, saying which). */
+CASTML_API void castml_get_limits(castml_limits* out);
+/* Replaces the limits in force (a malformed variable is forgotten); 0 on success, -1 (and
+ * castml_last_error) for a NULL argument. */
+CASTML_API int castml_set_limits(const castml_limits* limits);
+
 /* Threads of the GEMM (OpenBLAS; process-wide); no effect with the built-in GEMM. */
 CASTML_API void castml_set_num_threads(int n);
 

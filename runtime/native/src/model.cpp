@@ -10,8 +10,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <tuple>
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+#include <mutex>
 #include <stdexcept>
+#include <tuple>
 
 #include "castml_generated.h"
 #include "json.h"
@@ -21,10 +25,78 @@ namespace fb = runtime::format::castml_fb;
 namespace castml {
 
 constexpr uint64_t kAlignment = 64;
-constexpr size_t kMaxRank = 8;
-constexpr size_t kMaxOps = 1000000;
-constexpr int kMaxRegionDepth = 16;
 constexpr size_t kMaxDimExpr = 256;
+
+// ---- limits ----------------------------------------------------------------------------------
+
+namespace {
+
+std::mutex g_limits_mutex;
+Limits g_limits;
+bool g_limits_ready = false;
+std::string g_limits_error;  // a malformed CASTML_MAX_* variable, reported on every use
+std::atomic<uint64_t> g_limits_generation{0};
+
+// One field per CASTML_MAX_* variable, parsed as runtime/limits.py does: int(raw.replace("_", "")).
+void read_environment(Limits* l) {
+  const std::pair<const char*, uint64_t*> fields[] = {
+      {"max_rank", &l->max_rank}, {"max_ops", &l->max_ops}, {"max_region_depth", &l->max_region_depth},
+      {"max_file_bytes", &l->max_file_bytes}, {"max_tensor_bytes", &l->max_tensor_bytes},
+      {"max_intermediate_bytes", &l->max_intermediate_bytes}, {"max_loop_iterations", &l->max_loop_iterations}};
+  for (const auto& [name, field] : fields) {
+    std::string var = "CASTML_" + std::string(name);
+    for (char& c : var) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    const char* raw = std::getenv(var.c_str());
+    if (!raw) continue;
+    std::string text;
+    for (const char* p = raw; *p; ++p)
+      if (*p != '_') text += *p;
+    size_t b = text.find_first_not_of(" \t\n\r\f\v"), e = text.find_last_not_of(" \t\n\r\f\v");
+    text = b == std::string::npos ? "" : text.substr(b, e - b + 1);
+    bool negative = !text.empty() && text[0] == '-';
+    std::string digits = text.substr(!text.empty() && (text[0] == '+' || text[0] == '-') ? 1 : 0);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) {
+      g_limits_error = "environment variable " + var + ": expected an integer, got '" + raw + "'";
+      return;
+    }
+    size_t first = digits.find_first_not_of('0');
+    if (negative && first != std::string::npos) {
+      g_limits_error = "limit " + std::string(name) + " must be a non-negative int, got " + text;
+      return;
+    }
+    uint64_t v = 0;
+    for (char c : digits) v = __builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, c - '0', &v) ? UINT64_MAX : v;
+    *field = v;
+  }
+}
+
+}  // namespace
+
+Limits current_limits() {
+  std::lock_guard<std::mutex> lock(g_limits_mutex);
+  if (!g_limits_ready) {
+    read_environment(&g_limits);
+    g_limits_ready = true;
+  }
+  if (!g_limits_error.empty()) fail(kInputError, g_limits_error);
+  return g_limits;
+}
+
+void set_limits(const Limits& limits) {
+  std::lock_guard<std::mutex> lock(g_limits_mutex);
+  g_limits = limits;
+  g_limits_ready = true;
+  g_limits_error.clear();
+  ++g_limits_generation;
+}
+
+uint64_t limits_generation() { return g_limits_generation.load(); }
+
+std::string how_to_raise(const std::string& name) {
+  std::string upper = name;
+  for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return "raise it with runtime.limits.set_limits(" + name + "=...) or CASTML_" + upper;
+}
 
 // ---- the file ------------------------------------------------------------------------------
 
@@ -97,7 +169,7 @@ std::string shape_text(const Shape& s) { return shape_str(s); }
 
 class Decoder {
  public:
-  explicit Decoder(const MappedFile& f) : f_(f) {}
+  Decoder(const MappedFile& f, const Limits& limits) : f_(f), limits_(limits) {}
 
   [[noreturn]] void fail_at(const std::string& what) { fail(kFormatError, where_ + ": " + what); }
 
@@ -143,8 +215,7 @@ class Decoder {
   std::vector<Dim> shape(const flatbuffers::Vector<flatbuffers::Offset<fb::Dim>>* dims) {
     std::vector<Dim> out;
     if (!dims) return out;
-    if (dims->size() > kMaxRank)
-      fail_at("rank " + std::to_string(dims->size()) + " exceeds the maximum " + std::to_string(kMaxRank));
+    if (dims->size() > limits_.max_rank) fail_at(rank_error(dims->size()));
     std::string base = where_;
     for (uint32_t j = 0; j < dims->size(); ++j) {
       where_ = base + "[" + std::to_string(j) + "]";
@@ -157,6 +228,9 @@ class Decoder {
   ModelDef model(std::shared_ptr<MappedFile> file) {
     const uint8_t* buf = f_.data();
     size_t size = f_.size();
+    if (size > limits_.max_file_bytes)
+      fail(kFormatError, "the model is " + std::to_string(size) + " bytes, more than max_file_bytes = " +
+                             std::to_string(limits_.max_file_bytes) + " (" + how_to_raise("max_file_bytes") + ")");
     if (size == 0) fail(kFormatError, "the file is empty");
     if (size < 8 || std::memcmp(buf + 4, "CSML", 4) != 0) {
       std::string got(reinterpret_cast<const char*>(buf) + (size >= 8 ? 4 : 0), size >= 8 ? 4 : size);
@@ -241,7 +315,7 @@ class Decoder {
     ConstTensor out;
     out.dtype = dtype(t->dtype());
     size_t n = t->shape() ? t->shape()->size() : 0;
-    if (n > kMaxRank) fail_at("rank " + std::to_string(n) + " exceeds the maximum " + std::to_string(kMaxRank));
+    if (n > limits_.max_rank) fail_at(rank_error(n));
     out.shape = read_vector(t->shape());
     int64_t count = 1;
     bool overflow = false;
@@ -349,7 +423,9 @@ class Decoder {
     const auto* ops = r->ops();
     size_t n_ops = ops ? ops->size() : 0;
     op_count_ += n_ops;
-    if (op_count_ > kMaxOps) fail(kFormatError, where + ".ops: more than 1000000 ops in the model");
+    if (op_count_ > limits_.max_ops)
+      fail(kFormatError, where + ".ops: more than " + std::to_string(limits_.max_ops) + " ops in the model (" +
+                             how_to_raise("max_ops") + ")");
     for (uint32_t j = 0; j < n_ops; ++j) rd.ops.push_back(op(ops->Get(j), where + ".ops[" + std::to_string(j) + "]", num_values));
     where_ = where + ".outputs";
     rd.outputs = indices(r->outputs(), num_values, "value");
@@ -430,7 +506,9 @@ class Decoder {
 
   void walk(const GraphDef& gd, const std::string& gw, uint32_t k, int depth) {
     std::string rw = gw + ".regions[" + std::to_string(k) + "]";
-    if (depth > kMaxRegionDepth) fail(kFormatError, rw + ": regions nest deeper than 16");
+    if (static_cast<uint64_t>(depth) > limits_.max_region_depth)
+      fail(kFormatError, rw + ": regions nest deeper than " + std::to_string(limits_.max_region_depth) + " (" +
+                             how_to_raise("max_region_depth") + ")");
     const RegionDef& r = gd.regions[k];
     std::vector<uint32_t> local;
     for (uint32_t v : r.inputs) {
@@ -471,7 +549,13 @@ class Decoder {
   }
 
  private:
+  std::string rank_error(size_t n) const {
+    return "rank " + std::to_string(n) + " exceeds the maximum " + std::to_string(limits_.max_rank) + " (" +
+           how_to_raise("max_rank") + ")";
+  }
+
   const MappedFile& f_;
+  const Limits limits_;  // those in force when the load started
   std::string where_ = "Model";
   size_t op_count_ = 0;
   const std::vector<ConstTensor>* tensors_ = nullptr;
@@ -488,7 +572,7 @@ std::string type_text(const ValueDef& v) {
 }  // namespace
 
 ModelDef decode_model(std::shared_ptr<MappedFile> file) {
-  Decoder dec(*file);
+  Decoder dec(*file, current_limits());
   return dec.model(file);
 }
 

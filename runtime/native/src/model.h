@@ -85,7 +85,31 @@ struct ModelDef {
   std::vector<ConstTensor> tensors;
 };
 
-// Verifies and decodes a buffer; throws castml::Error (kFormatError) naming the field.
+// The resource limits of runtime/limits.py (same fields, defaults, environment variables and
+// messages). Process-wide: read from CASTML_MAX_<FIELD> on first use, replaced by set_limits
+// (the Python backend pushes its own limits before every load and run).
+struct Limits {
+  uint64_t max_rank = 8;
+  uint64_t max_ops = 1000000;
+  uint64_t max_region_depth = 16;
+  uint64_t max_file_bytes = uint64_t{256} << 30;
+  uint64_t max_tensor_bytes = uint64_t{16} << 30;
+  uint64_t max_intermediate_bytes = uint64_t{64} << 30;
+  uint64_t max_loop_iterations = 100000000;
+};
+
+// The limits in force (a copy); throws castml::Error (kInputError) when a CASTML_MAX_* variable
+// is malformed.
+Limits current_limits();
+void set_limits(const Limits& limits);
+// Bumped by every set_limits, so callers can cache checks made under one set of limits.
+uint64_t limits_generation();
+// The hint every limit error ends with, as runtime.limits.how_to_raise:
+// "raise it with runtime.limits.set_limits(max_rank=...) or CASTML_MAX_RANK".
+std::string how_to_raise(const std::string& name);
+
+// Verifies and decodes a buffer under the limits in force; throws castml::Error (kFormatError)
+// naming the field.
 ModelDef decode_model(std::shared_ptr<MappedFile> file);
 
 // The printed form of an op for error messages: "%3: f32[batch,512] = matmul(%x, %2)  # model.py:4".
