@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/runtime_vs_ort.py [--repeats 15] [--threads 1] [--load-gib 1.0]
                                                 [--only mlp,lenet,transformer,resnet_tiny,resnet50,...]
+                                                [--backend numpy|native|auto] [--clock wall|cpu]
 
 Each model is traced once with its weights as constants. castml runs the `ir.optimize`d graph
 (gemm/fused_conv fusion, BatchNorm folded) saved as .castml and loaded by `runtime.load`;
@@ -187,14 +188,15 @@ MODELS = {  # key -> (row name, build, batch sizes, input shape, castml graph fr
 }
 
 
-def latency_rows(repeats: int, threads: int, only: list[str]) -> list[tuple]:
-    """(name, castml ms, ort ms or nan, note) per model and batch size."""
+def latency_rows(repeats: int, threads: int, only: list[str], backend: str = "numpy") -> list[tuple]:
+    """(name, castml ms, ort ms or nan, note) per model and batch size; `backend` is the castml
+    runtime's (`runtime.load(..., backend=)`: "numpy", the default here, "native" or "auto")."""
     rows = []
     for key in only:
         name, build, batches, shape, convert = MODELS[key]
         g = build()
         ours = ir.optimize(convert(g) if convert else g)
-        sess = runtime.load(to_bytes(ours))
+        sess = runtime.load(to_bytes(ours), backend=backend)
         ort_sess, note = _ort_session(g, threads)
         for batch in batches:
             x = RNG.standard_normal((batch, *shape)).astype(np.float32)
@@ -231,7 +233,7 @@ def load_times(gib: float, threads: int) -> tuple[float, float, int]:
         ours = []
         for _ in range(7):
             t0 = time.perf_counter()
-            runtime.load(path)
+            runtime.load(path, backend="numpy")
             ours.append(time.perf_counter() - t0)
         theirs = []
         for _ in range(3):
@@ -270,6 +272,8 @@ def main() -> None:
     parser.add_argument("--load-gib", type=float, default=1.0, help="weights in the load-time file (0: skip)")
     parser.add_argument("--blas-core", default=None, help="OPENBLAS_CORETYPE to re-run with (default: as set)")
     parser.add_argument("--only", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--backend", choices=("numpy", "native", "auto"), default="numpy",
+                        help="castml runtime backend (default numpy: the pure-NumPy runtime)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time, steadier on a shared machine (meaningful with --threads 1)")
     args = parser.parse_args()
@@ -280,11 +284,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
     set_blas_threads(args.threads)
-    print(f"threads: OpenBLAS {args.threads} (castml, OPENBLAS_CORETYPE {core}), intra-op {args.threads} / "
+    print(f"castml backend {args.backend}; "
+          f"threads: OpenBLAS {args.threads} (castml, OPENBLAS_CORETYPE {core}), intra-op {args.threads} / "
           f"inter-op 1 (onnxruntime); {args.clock} clock, median of >= {args.repeats} runs, engines rotating in "
           f"blocks of 3")
     print(f"{'model':<40} {'castml ms':>10} {'ort ms':>10} {'ratio':>7}")
-    latency_rows(args.repeats, args.threads, only)
+    latency_rows(args.repeats, args.threads, only, args.backend)
     if args.load_gib > 0:
         ours, theirs, size = load_times(args.load_gib, args.threads)
         print(f"load of a {size / 2**30:.2f} GiB model: runtime.load {ours * 1e3:.2f} ms (mmap; target <= 10 ms), "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -60,9 +61,32 @@ def _has_symbols(v: Any) -> bool:
     return isinstance(v, tuple) and any(isinstance(x, str) for x in v)
 
 
+_generation = [0]  # bumped whenever a step's kernel changes, so compiled loops are rebuilt
+
+
 class _Step:
-    __slots__ = ("kernel", "inputs", "outputs", "attrs", "sym_attrs", "fresh", "label", "free", "kind",
-                 "regions", "out_kernel", "out0")
+    __slots__ = ("_kernel", "inputs", "outputs", "attrs", "sym_attrs", "fresh", "label", "free", "kind",
+                 "regions", "_out_kernel", "out0")
+
+    # kernels are replaced after construction (runtime.memory sets `out_kernel`, runtime.session
+    # wraps both with limit guards): every change invalidates the programs' compiled step tuples
+    @property
+    def kernel(self) -> Callable:
+        return self._kernel
+
+    @kernel.setter
+    def kernel(self, fn: Callable) -> None:
+        self._kernel = fn
+        _generation[0] += 1
+
+    @property
+    def out_kernel(self) -> Callable | None:
+        return self._out_kernel
+
+    @out_kernel.setter
+    def out_kernel(self, fn: Callable | None) -> None:
+        self._out_kernel = fn
+        _generation[0] += 1
 
     def __init__(self, spec: StepSpec, bound: set[str], regions: list[Program]):
         self.kind = spec.kind
@@ -131,6 +155,18 @@ class Program:
                   for s in self.steps]
         self._consts = [(s.out0, s.attrs["value"]) for s, c in zip(self.steps, stored) if c]
         self._work = [(j, s) for j, (s, c) in enumerate(zip(self.steps, stored)) if not c]
+        # a fresh call's slots: constants already in place (a list copy instead of a loop)
+        self._template: list = [None] * self.num_slots
+        for i, value in self._consts:
+            self._template[i] = value
+        self._compiled: list = []
+        self._compiled_gen = -1
+        # per input: (axis, symbol) dims that bind symbols, (axis, dim) dims checked after binding
+        self._in_syms = [tuple((a, d) for a, d in enumerate(t.shape) if D.is_symbol(d)) for t in self.input_types]
+        self._in_dims = [tuple((a, d) for a, d in enumerate(t.shape) if not D.is_symbol(d))
+                         for t in self.input_types]
+        self._in_ranks = [len(t.shape) for t in self.input_types]
+        self._in_dtypes = [np.dtype(t.dtype) for t in self.input_types]
 
     def _plan_frees(self) -> None:
         last: dict[int, int] = {}
@@ -169,28 +205,32 @@ class Program:
         if len(args) != len(self.inputs):
             raise RuntimeInputError(f"expected {len(self.inputs)} inputs ({', '.join(self.input_names)}), "
                                     f"got {len(args)}")
-        env = dict(env or {})
+        env = dict(env) if env else {}
         arrays = []
-        for name, t, a in zip(self.input_names, self.input_types, args):
-            arr = np.asarray(a)
-            if arr.dtype != t.dtype:
-                if not _safe_scalar(a, arr, t.dtype):
-                    raise RuntimeInputError(f"input {name!r}: expected dtype {t}, got {arr.dtype} {arr.shape}")
-                arr = arr.astype(t.dtype)
-            if arr.ndim != len(t.shape):
-                raise RuntimeInputError(f"input {name!r}: expected {t} (rank {len(t.shape)}), "
+        for k, a in enumerate(args):
+            arr = a if type(a) is np.ndarray else np.asarray(a)
+            dtype = self._in_dtypes[k]
+            if arr.dtype != dtype:
+                if not _safe_scalar(a, arr, dtype):
+                    raise RuntimeInputError(f"input {self.input_names[k]!r}: expected dtype {self.input_types[k]}, "
+                                            f"got {arr.dtype} {arr.shape}")
+                arr = arr.astype(dtype)
+            if arr.ndim != self._in_ranks[k]:
+                t = self.input_types[k]
+                raise RuntimeInputError(f"input {self.input_names[k]!r}: expected {t} (rank {len(t.shape)}), "
                                         f"got shape {arr.shape}")
-            for axis, d in enumerate(t.shape):
-                if D.is_symbol(d):
-                    if env.setdefault(d, arr.shape[axis]) != arr.shape[axis]:
-                        raise RuntimeInputError(
-                            f"input {name!r}: dim {axis} is {arr.shape[axis]} but {d} = {env[d]} "
-                            f"from an earlier input (expected {t})")
+            shape = arr.shape
+            for axis, d in self._in_syms[k]:
+                if env.setdefault(d, shape[axis]) != shape[axis]:
+                    raise RuntimeInputError(
+                        f"input {self.input_names[k]!r}: dim {axis} is {shape[axis]} but {d} = {env[d]} "
+                        f"from an earlier input (expected {self.input_types[k]})")
             arrays.append(arr)
-        for name, t, arr in zip(self.input_names, self.input_types, arrays):
-            for axis, d in enumerate(t.shape):
-                if not D.is_symbol(d) and D.evaluate(d, env) != arr.shape[axis]:
-                    raise RuntimeInputError(f"input {name!r}: expected {t}, got shape {arr.shape}")
+        for k, arr in enumerate(arrays):
+            for axis, d in self._in_dims[k]:
+                if (d if type(d) is int else D.evaluate(d, env)) != arr.shape[axis]:
+                    raise RuntimeInputError(f"input {self.input_names[k]!r}: expected {self.input_types[k]}, "
+                                            f"got shape {arr.shape}")
         return arrays, env
 
     def run(self, args: Sequence[Any], env: dict[str, int] | None = None,
@@ -206,59 +246,110 @@ class Program:
         With a memory plan attached, the call takes an arena of its own, planned steps write
         into it, and results that could alias it are copied before it is given back.
         """
-        if slots is None:
-            slots = [None] * self.num_slots
+        fresh = slots is None
+        if fresh:
+            slots = self._template.copy() if hook is None else [None] * self.num_slots
         for i, a in zip(self.inputs, arrays):
             slots[i] = a
         planner = self.planner
-        arena = planner.take(env) if planner is not None else None
+        if planner is None:
+            self._loop(slots, env, None, hook, fresh)
+            return [slots[i] for i in self.outputs]
+        arena = planner.take(env)
         try:
-            self._loop(slots, env, arena.buffers if arena is not None else None, hook)
-            outs = [slots[i] for i in self.outputs]
-            if arena is not None:
-                data = arena.data
-                outs = [o.copy() if isinstance(o, np.ndarray) and np.may_share_memory(o, data) else o
-                        for o in outs]
+            if arena is None:
+                self._loop(slots, env, None, hook, fresh)
+                return [slots[i] for i in self.outputs]
+            self._loop(slots, env, arena.buffers, hook, fresh)
+            data = arena.data
+            return [o.copy() if isinstance(o, np.ndarray) and np.may_share_memory(o, data) else o
+                    for o in (slots[i] for i in self.outputs)]
         finally:
             if arena is not None:
                 planner.give(arena)
-        return outs
 
-    def _loop(self, slots: list, env: dict[str, int], buffers: list | None, hook: Callable | None) -> None:
+    def _compile(self) -> list:
+        """The non-constant steps as tuples the loop unpacks without attribute lookups:
+        (step, arity code, kernel, out kernel, input getter, output slot, attrs, slots to free).
+        Arity code 1: one input, 2: several (an itemgetter returns a tuple), 0: none, -1: the
+        general path (regions, several outputs, data-dependent sizes, symbolic attributes)."""
+        compiled = []
+        for j, s in self._work:
+            n = len(s.inputs)
+            simple = not s.regions and s.out0 is not None and not s.fresh and not s.sym_attrs
+            code = -1 if not simple else (0 if n == 0 else 1 if n == 1 else 2)
+            get = itemgetter(*s.inputs) if n else None
+            compiled.append((s, j, code, s.kernel, s.out_kernel, get, s.out0, s.attrs, s.free))
+        self._compiled, self._compiled_gen = compiled, _generation[0]
+        return compiled
+
+    def _loop(self, slots: list, env: dict[str, int], buffers: list | None, hook: Callable | None,
+              consts_placed: bool = False) -> None:
         s = None
-        if hook is None:
-            work = self._work
+        if hook is not None:
+            return self._loop_general(slots, env, buffers, hook)
+        compiled = self._compiled if self._compiled_gen == _generation[0] else self._compile()
+        if not consts_placed:
             for i, value in self._consts:
                 slots[i] = value
-        else:
-            work = enumerate(self.steps)
         with np.errstate(all="ignore"):
             try:
-                for j, s in work:
-                    ins = [slots[i] for i in s.inputs]
-                    attrs = s.attrs
-                    if s.sym_attrs:
-                        attrs = dict(attrs)
-                        for k in s.sym_attrs:
-                            attrs[k] = tuple(D.evaluate(d, env) for d in attrs[k])
-                    if buffers is not None and buffers[j] is not None:
-                        out = s.out_kernel(*ins, out=buffers[j], **attrs)
-                    elif s.regions:
-                        out = s.kernel(s, ins, env, slots, **attrs)
+                for s, j, code, kernel, okernel, get, out0, attrs, free in compiled:
+                    buf = None if buffers is None else buffers[j]
+                    if code == 1:
+                        if buf is None:
+                            slots[out0] = kernel(get(slots), **attrs)
+                        else:
+                            slots[out0] = okernel(get(slots), out=buf, **attrs)
+                    elif code == 2:
+                        if buf is None:
+                            slots[out0] = kernel(*get(slots), **attrs)
+                        else:
+                            slots[out0] = okernel(*get(slots), out=buf, **attrs)
+                    elif code == 0:
+                        slots[out0] = kernel(**attrs) if buf is None else okernel(out=buf, **attrs)
                     else:
-                        out = s.kernel(*ins, **attrs)
-                    if s.out0 is not None:
-                        slots[s.out0] = out
-                        if s.fresh:
-                            for _, axis, sym in s.fresh:
-                                env[sym] = np.shape(out)[axis]
-                    else:
-                        for i, o in zip(s.outputs, out):
-                            slots[i] = o
-                        for oi, axis, sym in s.fresh:
-                            env[sym] = np.shape(out[oi])[axis]
-                    if hook is not None:
-                        hook(s, (out,) if s.out0 is not None else out)
+                        self._step(s, slots, env, buf)
+                    for i in free:
+                        slots[i] = None
+            except CastmlError:
+                raise
+            except Exception as e:
+                raise KernelError(f"while executing {s.label}: {type(e).__name__}: {e}") from e
+
+    def _step(self, s: _Step, slots: list, env: dict[str, int], buf: np.ndarray | None) -> Any:
+        """Run one step the general way: symbolic attributes, regions, several outputs, fresh sizes."""
+        ins = [slots[i] for i in s.inputs]
+        attrs = s.attrs
+        if s.sym_attrs:
+            attrs = dict(attrs)
+            for k in s.sym_attrs:
+                attrs[k] = tuple(D.evaluate(d, env) for d in attrs[k])
+        if buf is not None:
+            out = s.out_kernel(*ins, out=buf, **attrs)
+        elif s.regions:
+            out = s.kernel(s, ins, env, slots, **attrs)
+        else:
+            out = s.kernel(*ins, **attrs)
+        if s.out0 is not None:
+            slots[s.out0] = out
+            for _, axis, sym in s.fresh:
+                env[sym] = np.shape(out)[axis]
+        else:
+            for i, o in zip(s.outputs, out):
+                slots[i] = o
+            for oi, axis, sym in s.fresh:
+                env[sym] = np.shape(out[oi])[axis]
+        return out
+
+    def _loop_general(self, slots: list, env: dict[str, int], buffers: list | None, hook: Callable) -> None:
+        """Every step, constants included, with `hook(step, outputs)` after each (profiling)."""
+        s = None
+        with np.errstate(all="ignore"):
+            try:
+                for j, s in enumerate(self.steps):
+                    out = self._step(s, slots, env, None if buffers is None else buffers[j])
+                    hook(s, (out,) if s.out0 is not None else out)
                     for i in s.free:
                         slots[i] = None
             except CastmlError:

@@ -71,14 +71,24 @@ _local = threading.local()
 def _workspace(name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
     """A scratch array of this thread, reused by every call (fresh multi-megabyte im2col matrices
     page-fault on each call, PERF_NOTES.md); only for temporaries that never leave a kernel."""
-    nbytes = math.prod(shape) * dtype.itemsize
     spaces = getattr(_local, "spaces", None)
     if spaces is None:
         spaces = _local.spaces = {}
+        _local.views = {}
+    views = _local.views
+    key = (name, shape, dtype)
+    hit = views.get(key)
+    if hit is not None and hit[0] is spaces.get(name):  # the view made last time, of the same buffer
+        return hit[1]
+    nbytes = math.prod(shape) * dtype.itemsize
     buf = spaces.get(name)
     if buf is None or buf.nbytes < nbytes:
         buf = spaces[name] = np.empty(max(nbytes, 64), np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
+    view = buf[:nbytes].view(dtype).reshape(shape)
+    if len(views) >= 256:
+        views.clear()
+    views[key] = (buf, view)
+    return view
 
 
 def _pad_constant(x: np.ndarray, begins, ends, value, scratch: str | None = None) -> np.ndarray:
@@ -120,24 +130,110 @@ def _bias_shape(n: int, nd: int) -> tuple:
 
 # --- convolution -------------------------------------------------------------------------------
 
+class _ConvPlan:
+    """What a conv call needs that depends only on shapes, dtypes and attributes: validated
+    window, padding, output dims, the method, and the im2col view's shape and byte strides
+    (cached per signature, so a repeated call skips validation and stride arithmetic)."""
+
+    __slots__ = ("nd", "kernel", "strides", "dilations", "begins", "ends", "out", "work", "mode", "y_shape",
+                 "win_shape", "win_strides", "cols_shape", "group", "m")
+
+    def __init__(self, xshape: tuple, xdtype: np.dtype, wshape: tuple, strides, pads, dilations, group: int):
+        nd = len(xshape) - 2
+        if nd < 1:
+            raise ValueError(f"conv: input needs rank >= 3 (N, C, spatial...), got shape {xshape}")
+        kernel, strides, pads, dilations = _window(nd, wshape[2:], strides, pads, dilations, "conv")
+        n, c = xshape[:2]
+        m, cg = wshape[:2]
+        if group < 1 or c != cg * group or m % group:
+            raise ValueError(f"conv: input channels {c} and weight {wshape} do not fit group={group}")
+        work = _work_dtype(xdtype)
+        begins, ends = pads[:nd], pads[nd:]
+        padded = tuple(size + b + e for size, b, e in zip(xshape[2:], begins, ends))
+        if min(padded) < 0:
+            raise ValueError(f"pads {(0, 0) + begins} / {(0, 0) + ends} crop more than the shape {xshape}")
+        out = tuple(_out_len(padded[i], kernel[i], strides[i], 0, 0, dilations[i]) for i in range(nd))
+        if min(out) < 1:
+            raise ValueError(f"conv: kernel {kernel} (dilations {dilations}) is larger than the padded "
+                             f"input {padded}")
+        self.nd, self.kernel, self.strides, self.dilations, self.out = nd, kernel, strides, dilations, out
+        self.begins, self.ends, self.work, self.group, self.m = begins, ends, work, group, m
+        self.y_shape = (n, m) + out
+        if cg == 1 and group > 1:
+            self.mode = "depthwise"
+        elif (nd == 2 and kernel == (3, 3) and strides == (1, 1) and dilations == (1, 1) and group == 1
+              and work in (np.float32, np.float64) and min(m, cg) >= _WINOGRAD_MIN_CHANNELS
+              and n * ((padded[0] - 1) // 2) * ((padded[1] - 1) // 2) >= _WINOGRAD_MIN_TILES):
+            self.mode = "winograd"  # (the test of _use_winograd, on shapes)
+        elif all(k == 1 for k in kernel) and all(st == 1 for st in strides):
+            self.mode = "pointwise"
+        else:
+            self.mode = "gemm"
+        self.cols_shape = (n, group, (c // group) * math.prod(kernel), math.prod(out))
+        self.win_shape = (n, c) + kernel + out
+        # byte strides of the windows over a C-contiguous padded input
+        item = work.itemsize
+        el = [item * math.prod(((n, c) + padded)[i + 1:]) for i in range(nd + 2)]
+        self.win_strides = (tuple(el[:2]) + tuple(el[2 + i] * dilations[i] for i in range(nd))
+                            + tuple(el[2 + i] * strides[i] for i in range(nd)))
+
+
+_conv_plans: dict = {}
+_CONV_PLANS_KEPT = 1024
+
+
+def _conv_plan(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: int) -> _ConvPlan:
+    """The cached `_ConvPlan` for this call's signature (attributes given as lists: not cached)."""
+    try:
+        key = (x.shape, x.dtype, w.shape, strides, pads, dilations, group)
+        plan = _conv_plans.get(key)
+    except TypeError:
+        key, plan = None, None
+    if plan is None:
+        if w.ndim < 2:
+            raise ValueError(f"conv: weight needs rank >= 3 (M, C/group, kernel...), got shape {w.shape}")
+        plan = _ConvPlan(x.shape, x.dtype, w.shape, strides, pads, dilations, group)
+        if key is not None:
+            if len(_conv_plans) >= _CONV_PLANS_KEPT:
+                _conv_plans.clear()
+            _conv_plans[key] = plan
+    return plan
+
+
 def _conv_setup(x, w, strides, pads, dilations, group: int):
     """Checked conv operands: (padded x, w, kernel, strides, dilations, out spatial dims), all in
     the work dtype."""
     x, w = np.asarray(x), np.asarray(w)
-    nd = _spatial_dims(x, "conv")
-    kernel, strides, pads, dilations = _window(nd, w.shape[2:], strides, pads, dilations, "conv")
-    c = x.shape[1]
-    m, cg = w.shape[:2]
-    if group < 1 or c != cg * group or m % group:
-        raise ValueError(f"conv: input channels {c} and weight {w.shape} do not fit group={group}")
-    work = _work_dtype(x.dtype)
-    xp = _pad_constant(x.astype(work, copy=False), pads[:nd], pads[nd:], 0, scratch="conv_pad")
-    w = w.astype(work, copy=False)
-    out = tuple(_out_len(xp.shape[2 + i], kernel[i], strides[i], 0, 0, dilations[i]) for i in range(nd))
-    if min(out) < 1:
-        raise ValueError(f"conv: kernel {kernel} (dilations {dilations}) is larger than the padded "
-                         f"input {xp.shape[2:]}")
-    return xp, w, kernel, strides, dilations, out
+    plan = _conv_plan(x, w, strides, pads, dilations, group)
+    xp, w = _conv_operands(plan, x, w)
+    return xp, w, plan.kernel, plan.strides, plan.dilations, plan.out
+
+
+def _conv_operands(plan: _ConvPlan, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(padded x, w), both in the work dtype; the padded input lives in a per-thread workspace."""
+    xp = x.astype(plan.work, copy=False)
+    if any(plan.begins) or any(plan.ends):
+        xp = _pad_constant(xp, plan.begins, plan.ends, 0, scratch="conv_pad")
+    return xp, w.astype(plan.work, copy=False)
+
+
+def _gemm_conv(plan: _ConvPlan, xp: np.ndarray, w: np.ndarray, dst: np.ndarray | None) -> np.ndarray:
+    """The conv as one batched matmul of the weights and the im2col columns (into `dst`'s
+    buffer when given): (N, group, M/group, prod(out))."""
+    g, m = plan.group, plan.m
+    if plan.mode == "pointwise":
+        cols = xp.reshape(plan.cols_shape)
+    else:
+        cols = _workspace("conv_cols", plan.cols_shape, xp.dtype)
+        if xp.flags.c_contiguous:  # the windows as one strided view (np.ndarray: ~0.3 us, as_strided ~2.5)
+            win = np.ndarray(plan.win_shape, xp.dtype, xp, 0, plan.win_strides)
+        else:
+            win = _windows(xp, plan.kernel, plan.strides, plan.dilations, plan.out)
+        np.copyto(cols.reshape(plan.win_shape), win)
+    wm = w.reshape(g, m // g, -1)
+    if dst is None:
+        return np.matmul(wm, cols)
+    return np.matmul(wm, cols, out=dst.reshape(plan.cols_shape[0], g, m // g, plan.cols_shape[3]))
 
 
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=None, pads=None,
@@ -149,20 +245,19 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=N
     array([[[[10., 18.],
              [42., 50.]]]])
     """
-    dt = np.asarray(x).dtype
-    xp, w, kernel, strides, dilations, out = _conv_setup(x, w, strides, pads, dilations, group)
-    n = xp.shape[0]
-    m, cg = w.shape[:2]
-    nd = len(out)
-    if cg == 1 and group > 1:
-        y = _depthwise(xp, w, strides, dilations, out)
-    elif _use_winograd(xp, w, kernel, strides, dilations, group):
-        y = _winograd_3x3(xp, w, out, np.empty((n, m) + out, xp.dtype))
+    x, w = np.asarray(x), np.asarray(w)
+    dt = x.dtype
+    plan = _conv_plan(x, w, strides, pads, dilations, group)
+    xp, w = _conv_operands(plan, x, w)
+    if plan.mode == "depthwise":
+        y = _depthwise(xp, w, plan.strides, plan.dilations, plan.out)
+    elif plan.mode == "winograd":
+        y = _winograd_3x3(xp, w, plan.out, np.empty(plan.y_shape, xp.dtype))
     else:
-        y = np.matmul(w.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out))
-    y = y.reshape((n, m) + out)
+        y = _gemm_conv(plan, xp, w, None)
+    y = y.reshape(plan.y_shape)
     if b is not None:
-        y += np.asarray(b).astype(w.dtype, copy=False).reshape(_bias_shape(m, nd))
+        y += np.asarray(b).astype(w.dtype, copy=False).reshape(_bias_shape(plan.m, plan.nd))
     return y.astype(dt, copy=False)
 
 
@@ -174,22 +269,30 @@ def conv_into(dst: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
     >>> conv_into(np.empty((1, 1, 2)), np.ones((1, 1, 3)), np.ones((1, 1, 2)), np.array([0.5]))
     array([[[2.5, 2.5]]])
     """
-    dt = np.asarray(x).dtype
-    xp, wk, kernel, strides, dilations, out = _conv_setup(x, w, strides, pads, dilations, group)
-    n = xp.shape[0]
-    m, cg = wk.shape[:2]
-    if ((cg == 1 and group > 1) or wk.dtype != dt or dst.dtype != dt or not dst.flags.c_contiguous
-            or dst.shape != (n, m) + out):
+    x, w = np.asarray(x), np.asarray(w)
+    dt = x.dtype
+    plan = _conv_plan(x, w, strides, pads, dilations, group)
+    if (plan.mode == "depthwise" or plan.work != dt or w.dtype != dt or dst.dtype != dt
+            or not dst.flags.c_contiguous or dst.shape != plan.y_shape):
         np.copyto(dst, conv(x, w, b, strides=strides, pads=pads, dilations=dilations, group=group))
         return dst
-    if _use_winograd(xp, wk, kernel, strides, dilations, group):
-        _winograd_3x3(xp, wk, out, dst)
+    xp, wk = _conv_operands(plan, x, w)
+    if plan.mode == "winograd":
+        _winograd_3x3(xp, wk, plan.out, dst)
     else:
-        np.matmul(wk.reshape(group, m // group, -1), _im2col(xp, group, kernel, strides, dilations, out),
-                  out=dst.reshape(n, group, m // group, math.prod(out)))
+        _gemm_conv(plan, xp, wk, dst)
     if b is not None:
-        dst += np.asarray(b).astype(dt, copy=False).reshape(_bias_shape(m, len(out)))
+        dst += np.asarray(b).astype(dt, copy=False).reshape(_bias_shape(plan.m, plan.nd))
     return dst
+
+
+def _windows(xp: np.ndarray, kernel, strides, dilations, out) -> np.ndarray:
+    """The (N, C, *K, *out) sliding windows of xp as one read-only strided view."""
+    n, c = xp.shape[:2]
+    sp = xp.strides[2:]
+    return as_strided(xp, shape=(n, c) + tuple(kernel) + tuple(out),
+                      strides=xp.strides[:2] + tuple(st * d for st, d in zip(sp, dilations))
+                      + tuple(st * s for st, s in zip(sp, strides)), writeable=False)
 
 
 def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.ndarray:
@@ -200,10 +303,7 @@ def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.n
     n, c = xp.shape[:2]
     if all(k == 1 for k in kernel) and all(s == 1 for s in strides):
         return xp.reshape(n, group, c // group, -1)
-    sp = xp.strides[2:]
-    win = as_strided(xp, shape=(n, c) + tuple(kernel) + tuple(out),
-                     strides=xp.strides[:2] + tuple(st * d for st, d in zip(sp, dilations))
-                     + tuple(st * s for st, s in zip(sp, strides)), writeable=False)
+    win = _windows(xp, kernel, strides, dilations, out)
     cols = _workspace("conv_cols", (n, group, (c // group) * math.prod(kernel), math.prod(out)), xp.dtype)
     np.copyto(cols.reshape(win.shape), win)
     return cols
@@ -379,6 +479,78 @@ def _pool(x: np.ndarray, kernel, strides, pads, dilations, ceil_mode: bool, redu
     return y
 
 
+_pool_plans: dict = {}
+
+
+def _max_pool_taps(x: np.ndarray, kernel_shape, strides, pads, dilations, ceil_mode: bool) -> list | None:
+    """For a max pool whose windows never reach past the input (no padding): per spatial axis,
+    the index of each kernel tap's view and the shape after reducing that axis (cached per
+    signature). None when the windows need padding (the general `_pool` handles that)."""
+    try:
+        key = (x.shape, kernel_shape, strides, pads, dilations, ceil_mode)
+        hit = _pool_plans.get(key, False)
+    except TypeError:
+        key, hit = None, False
+    if hit is not False:
+        return hit
+    nd = _spatial_dims(x, "max_pool")
+    kernel, strides, pads, dilations = _window(nd, kernel_shape, strides, pads, dilations, "max_pool")
+    axes: list | None = []
+    shape = list(x.shape)
+    for i in range(nd):
+        axis = 2 + i
+        size, k, s, d, pb, pe = shape[axis], kernel[i], strides[i], dilations[i], pads[i], pads[nd + i]
+        o = _out_len(size, k, s, pb, pe, d, ceil_mode)
+        if o < 1:
+            raise ValueError(f"pool: window {kernel} does not fit the input {x.shape[2:]} with pads {pads}")
+        if pb != 0 or (o - 1) * s + (k - 1) * d + 1 > size:
+            axes = None
+            break
+        lead = (slice(None),) * axis
+        shape[axis] = o
+        axes.append((tuple(lead + (_tap(t, d, s, o),) for t in range(k)), tuple(shape)))
+    if key is not None:
+        if len(_pool_plans) >= 1024:
+            _pool_plans.clear()
+        _pool_plans[key] = axes
+    return axes
+
+
+def max_pool_into(dst: np.ndarray | None, x: np.ndarray, *, kernel_shape, strides=None, pads=None,
+                  dilations=None, ceil_mode: bool = False) -> np.ndarray:
+    """`max_pool`, written into `dst` when given (the memory plan's buffer). Unpadded windows
+    are reduced one axis at a time straight from views of x (the max is exact, so any order
+    gives the same bits as `max_pool`); intermediates live in per-thread workspaces.
+
+    >>> max_pool_into(np.empty((1, 1, 2)), np.array([[[1.0, 3.0, 2.0, 5.0]]]), kernel_shape=(2,), strides=(2,))
+    array([[[3., 5.]]])
+    """
+    x = np.asarray(x)
+    axes = _max_pool_taps(x, kernel_shape, strides, pads, dilations, ceil_mode)
+    if axes is None or (dst is not None and (dst.dtype != x.dtype or dst.shape != axes[-1][1])):
+        y = max_pool(x, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations,
+                     ceil_mode=ceil_mode)
+        if dst is None:
+            return y
+        np.copyto(dst, y)
+        return dst
+    y = x
+    last = len(axes) - 1
+    for i, (taps, shape) in enumerate(axes):
+        if i < last:
+            acc = _workspace("pool_a" if i % 2 else "pool_b", shape, x.dtype)
+        else:
+            acc = np.empty(shape, x.dtype) if dst is None else dst
+        if len(taps) == 1:
+            np.copyto(acc, y[taps[0]])
+        else:
+            np.maximum(y[taps[0]], y[taps[1]], out=acc)
+            for t in taps[2:]:
+                np.maximum(acc, y[t], out=acc)
+        y = acc
+    return y
+
+
 def max_pool(x: np.ndarray, *, kernel_shape, strides=None, pads=None, dilations=None,
              ceil_mode: bool = False) -> np.ndarray:
     """Max pooling (ONNX MaxPool, output Y only); integer dtypes allowed. Padding never wins; a
@@ -388,6 +560,9 @@ def max_pool(x: np.ndarray, *, kernel_shape, strides=None, pads=None, dilations=
     array([[[3., 5., 4.]]])
     """
     x = np.asarray(x)
+    if _max_pool_taps(x, kernel_shape, strides, pads, dilations, ceil_mode) is not None:
+        return max_pool_into(None, x, kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations,
+                             ceil_mode=ceil_mode)
     nd = _spatial_dims(x, "max_pool")
     kernel, strides, pads, dilations = _window(nd, kernel_shape, strides, pads, dilations, "max_pool")
     dt = x.dtype

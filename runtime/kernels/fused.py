@@ -69,6 +69,9 @@ def _relu_inplace(y: np.ndarray) -> None:
     if zeros is None:
         zeros = _zeros[y.dtype] = np.zeros(_BLOCK, y.dtype)
     n = flat.size
+    if n <= _BLOCK:
+        np.maximum(flat, zeros[:n], out=flat)
+        return
     for i in range(0, n, _BLOCK):
         blk = flat[i:i + _BLOCK]
         np.maximum(blk, zeros[:blk.size], out=blk)
@@ -81,6 +84,8 @@ def _activate_inplace(y: np.ndarray, activation: str) -> np.ndarray:
         _relu_inplace(y)
     elif activation == "tanh":
         np.tanh(y, out=y)
+    elif activation in ("gelu", "gelu_tanh") and y.flags.c_contiguous:
+        special.gelu_into(y, y, approximate="none" if activation == "gelu" else "tanh")
     else:
         y[...] = ACTIVATIONS[activation](y)
     return y
@@ -140,6 +145,34 @@ def fused_conv_out(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     return _activate_inplace(out, activation)
 
 
+def max_pool_out(x: np.ndarray, *, out: np.ndarray, **attrs) -> np.ndarray:
+    """`max_pool` into `out` (see `conv.max_pool_into`).
+
+    >>> max_pool_out(np.array([[[1.0, 3.0, 2.0, 5.0]]]), out=np.empty((1, 1, 2)), kernel_shape=(2,), strides=(2,))
+    array([[[3., 5.]]])
+    """
+    return conv_kernels.max_pool_into(out, x, **attrs)
+
+
+def softmax_out(x: np.ndarray, *, out: np.ndarray, axis: int = -1) -> np.ndarray:
+    """`softmax` computed in `out` (see `nn.softmax_into`).
+
+    >>> softmax_out(np.zeros((1, 4)), out=np.empty((1, 4)))
+    array([[0.25, 0.25, 0.25, 0.25]])
+    """
+    return nn.softmax_into(out, x, axis=axis)
+
+
+def layer_norm_out(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None, *, out: np.ndarray,
+                   axis: int = -1, epsilon: float = 1e-5) -> np.ndarray:
+    """`layer_norm` computed in `out` (see `nn.layer_norm_into`).
+
+    >>> layer_norm_out(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), out=np.empty((1, 2)), epsilon=0.0)
+    array([[-1.,  1.]])
+    """
+    return nn.layer_norm_into(out, x, scale, bias, axis=axis, epsilon=epsilon)
+
+
 def relu_out(x: np.ndarray, *, out: np.ndarray) -> np.ndarray:
     """`relu` into `out` (floats).
 
@@ -162,6 +195,7 @@ def _ufunc_out(ufunc: np.ufunc) -> Callable:
 OUT_KERNELS: dict[str, Callable] = {
     **{kind: _ufunc_out(u) for kind, u in UFUNCS.items() if u.nout == 1},
     "gemm": gemm_out, "matmul": matmul_out, "fused_conv": fused_conv_out, "conv": conv_out, "relu": relu_out,
+    "max_pool": max_pool_out, "softmax": softmax_out, "layer_norm": layer_norm_out,
 }
 
 
@@ -204,12 +238,13 @@ def out_kernel(kind: str, in_dtypes: Sequence[np.dtype], out_dtype: np.dtype) ->
     True
     """
     fn = OUT_KERNELS.get(kind)
+    if fn is None or any(d != out_dtype for d in in_dtypes):
+        fn = None
+    elif kind in ("conv", "fused_conv", "relu", "softmax", "layer_norm") and out_dtype not in (np.float32,
+                                                                                              np.float64):
+        fn = None
+    elif kind in ("gemm", "matmul") and out_dtype.kind not in "fc":
+        fn = None  # integer matmul: keep NumPy's own result dtype rules
     if fn is None and kind in COPY_INTO:
         return _copy_into(kind)
-    if fn is None or any(d != out_dtype for d in in_dtypes):
-        return None
-    if kind in ("conv", "fused_conv", "relu") and out_dtype not in (np.float32, np.float64):
-        return None
-    if kind in ("gemm", "matmul") and out_dtype.kind not in "fc":
-        return None  # integer matmul: keep NumPy's own result dtype rules
     return fn

@@ -74,6 +74,51 @@ def _softmax_rows(r: np.ndarray) -> np.ndarray:
     return y
 
 
+def _softmax_rows_into(r: np.ndarray, dst: np.ndarray) -> None:
+    """`_softmax_rows(r)` computed in `dst` (the same ufuncs in the same order: the same bits)."""
+    np.subtract(r, r.max(axis=1, keepdims=True), out=dst)
+    np.exp(dst, out=dst)
+    dst /= dst.sum(axis=1, keepdims=True)
+
+
+def _rows_into(x: np.ndarray, axis: int, out: np.ndarray | None, fn) -> np.ndarray | None:
+    """For contiguous float32/float64 data normalized over axis..last: `fn(rows, dst, row_slice)`
+    run on blocks of rows (~32K elements) writing straight into `out` (fresh when None), so no
+    block result is allocated and copied. None when that layout does not apply."""
+    if (x.dtype not in (np.float32, np.float64) or x.ndim == 0 or not x.flags.c_contiguous or x.size == 0
+            or (out is not None and (out.dtype != x.dtype or out.shape != x.shape or not out.flags.c_contiguous))):
+        return None
+    axis = _axis(axis, x.ndim)
+    width = math.prod(x.shape[axis:])
+    rows = x.reshape(-1, width)
+    if out is None:
+        out = np.empty(x.shape, x.dtype)
+    dst = out.reshape(rows.shape)
+    step = max(1, _BLOCK // max(width, 1))
+    for i in range(0, rows.shape[0], step):
+        rs = slice(i, i + step)
+        fn(rows[rs], dst[rs], rs)
+    return out
+
+
+def softmax_into(out: np.ndarray | None, x: np.ndarray, *, axis: int = -1) -> np.ndarray:
+    """`softmax(x, axis=axis)` written into `out` (fresh when None); bit-identical to `softmax`.
+
+    >>> softmax_into(np.empty((1, 2)), np.array([[0.0, 0.0]]))
+    array([[0.5, 0.5]])
+    """
+    x = np.asarray(x)
+    if x.ndim and _axis(axis, x.ndim) == x.ndim - 1:
+        y = _rows_into(x, axis, out, lambda r, dst, _: _softmax_rows_into(r, dst))
+        if y is not None:
+            return y
+    y = _along_last(x, axis, _softmax_rows)
+    if out is None:
+        return y
+    np.copyto(out, y)
+    return out
+
+
 def _log_softmax_rows(r: np.ndarray) -> np.ndarray:
     y = r - r.max(axis=1, keepdims=True)
     y -= np.log(np.exp(y).sum(axis=1, keepdims=True))
@@ -88,7 +133,7 @@ def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
     array([[0.09003057, 0.24472847, 0.66524096],
            [0.        , 0.        , 1.        ]])
     """
-    return _along_last(np.asarray(x), axis, _softmax_rows)
+    return softmax_into(None, x, axis=axis)
 
 
 def log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
@@ -109,6 +154,41 @@ def _normalize_rows(r: np.ndarray, epsilon: float) -> tuple[np.ndarray, np.ndarr
     var += epsilon
     y /= np.sqrt(var, out=var)
     return y, mean
+
+
+def layer_norm_into(out: np.ndarray | None, x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None, *,
+                    axis: int = -1, epsilon: float = 1e-5) -> np.ndarray:
+    """`layer_norm(x, scale, bias, ...)` written into `out` (fresh when None); the same ufuncs
+    in the same order on contiguous float32/float64 data, so the same bits.
+
+    >>> layer_norm_into(np.empty((1, 2)), np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), epsilon=0.0)
+    array([[-1.,  1.]])
+    """
+    x = np.asarray(x)
+    if x.ndim and x.dtype in (np.float32, np.float64):
+        inner = x.shape[_axis(axis, x.ndim):]
+        sc = np.broadcast_to(np.asarray(scale, x.dtype), inner).ravel()
+        bi = None if bias is None else np.broadcast_to(np.asarray(bias, x.dtype), inner).ravel()
+
+        def rows(r, dst, _):
+            mean = r.mean(axis=1, keepdims=True)
+            np.subtract(r, mean, out=dst)
+            var = np.einsum("ij,ij->i", dst, dst)[:, None]
+            var /= r.shape[1]
+            var += epsilon
+            dst /= np.sqrt(var, out=var)
+            dst *= sc
+            if bi is not None:
+                dst += bi
+
+        y = _rows_into(x, axis, out, rows)
+        if y is not None:
+            return y
+    y = layer_norm(x, scale, bias, axis=axis, epsilon=epsilon)
+    if out is None:
+        return y
+    np.copyto(out, y)
+    return out
 
 
 def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray | None = None, *, axis: int = -1,

@@ -138,6 +138,15 @@ def _apply(fn, x, work=None) -> np.ndarray:
     return out.reshape(x.shape)
 
 
+def _apply_into(fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """`_apply(fn, x)` for float32/float64 x, written block by block into the C-contiguous `out`
+    of x's shape and dtype (which may be x itself): no full-size result is allocated and copied."""
+    flat, dst = x.reshape(-1), out.reshape(-1)
+    for i in range(0, flat.size, _BLOCK):
+        dst[i:i + _BLOCK] = fn(flat[i:i + _BLOCK])
+    return out
+
+
 def _positive_part(v: np.ndarray) -> np.ndarray:
     """max(v, 0) for a block, against cached zeros: `np.maximum(v, 0)` with a scalar runs a
     loop 2-3x slower than with an array of the same shape (PERF_NOTES.md)."""
@@ -409,6 +418,23 @@ def _gelu_erf32(v: np.ndarray) -> np.ndarray:
     y *= v
     y *= 0.5
     return y
+
+
+def gelu_into(out: np.ndarray, x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
+    """`gelu(x, approximate=approximate)` written into `out` (which may be x itself: the
+    activation of a GEMM in place); the same formulas on the same blocks, so the same bits.
+
+    >>> y = np.array([-1.0, 0.0, 1.0]); gelu_into(y, y)
+    array([-0.15865525,  0.        ,  0.84134475])
+    """
+    x = np.asarray(x)
+    fns = {np.dtype(np.float32): {"none": _gelu_erf32, "tanh": _gelu_tanh},
+           np.dtype(np.float64): {"none": _gelu_erf, "tanh": _gelu_tanh}}.get(x.dtype, {})
+    fn = fns.get(approximate)
+    if fn is None or out.dtype != x.dtype or out.shape != x.shape or not out.flags.c_contiguous:
+        out[...] = gelu(x, approximate=approximate)
+        return out
+    return _apply_into(fn, x, out)
 
 
 def gelu(x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
