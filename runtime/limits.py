@@ -250,6 +250,10 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
     product_bounded = rule is _broadcast_upper or kind in ("matmul", "gemm", "einsum", "gather")
     what = "the output or its im2col workspace would take" if rule is _conv_upper else "the output would take"
 
+    # a rule reads only the inputs' shapes and the step's fixed attributes: its result is kept per
+    # input-shape signature (a few at most), so a repeated call costs one dict lookup
+    sizes: dict[tuple, int] = {}
+
     def guarded(*ins, **attrs):
         lim = _current.max_tensor_bytes
         if product_bounded:
@@ -259,10 +263,15 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
             if 0 < bound <= lim:  # (an empty input proves nothing: (n,0) @ (0,m) is n x m)
                 return _checked_out(kernel(*ins, **attrs), lim, label, n_out)
         if rule is not None:
-            try:
-                n = rule(ins, attrs)
-            except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-                n = 0  # malformed attributes: the kernel reports them
+            key = tuple(getattr(x, "shape", None) for x in ins)
+            n = sizes.get(key)
+            if n is None:
+                try:
+                    n = rule(ins, attrs)
+                except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+                    n = 0  # malformed attributes: the kernel reports them
+                if len(sizes) < 16:
+                    sizes[key] = n
             if n * itemsize > lim:
                 raise _too_big(what, n * itemsize, label)
         return _checked_out(kernel(*ins, **attrs), lim, label, n_out)
