@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -223,29 +222,17 @@ def probe_one(key: str, dt: np.dtype, opset: int) -> bool:
 
 def probe_all() -> dict:
     """The contrib table of the installed onnxruntime: {"onnxruntime", "opsets", "ops"}."""
-    import onnxruntime as ort
+    from .probe_capabilities import probe_table
 
-    from .probe_capabilities import OPSETS
-
-    table = {}
-    for key in probe_keys():
-        row = {}
-        for dname in DTYPES:
-            ok = [v for v in OPSETS if probe_one(key, np.dtype(dname), v)]
-            if ok:
-                row[dname] = ok
-        table[key] = row
-    return {"onnxruntime": ort.__version__, "opsets": list(OPSETS), "ops": table}
+    return probe_table(probe_keys(), probe_one, DTYPES)
 
 
 def main() -> None:
     """Probe and write `exporters/capabilities/contrib-onnxruntime-<version>.json`."""
+    from .probe_capabilities import write_table
+
     data = probe_all()
-    path = os.path.join(_DIR, f"{_PREFIX}{data['onnxruntime']}.json")
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    print(f"wrote {path}: {len(data['ops'])} contrib ops", file=sys.stderr)
+    write_table(data, os.path.join(_DIR, f"{_PREFIX}{data['onnxruntime']}.json"))
 
 
 if __name__ == "__main__":

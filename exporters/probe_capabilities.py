@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -153,29 +153,45 @@ def probe_one(op_key: str, dt: np.dtype, opset: int) -> bool:
         return False
 
 
-def probe_all() -> dict:
-    """The whole table: {"ops": {op_key: {dtype: [opsets]}}} for the installed onnxruntime."""
+def probe_table(keys: Iterable[str], probe: Callable[[str, np.dtype, int], bool],
+                dtypes: Iterable[str] = DTYPES) -> dict:
+    """{"onnxruntime", "opsets", "ops": {key: {dtype: [opsets]}}}: `probe(key, dtype, opset)` for
+    every key, dtype and opset, in the installed onnxruntime (also the contrib table's driver).
+
+    >>> probe_table(["Neg"], lambda key, dt, v: dt == np.float32 and v == 13)["ops"]
+    {'Neg': {'float32': [13]}}
+    """
     import onnxruntime as ort
 
     table: dict[str, dict[str, list[int]]] = {}
-    for op_key in sorted(PROBES):
+    for key in keys:
         row = {}
-        for dname in DTYPES:
-            ok = [v for v in OPSETS if probe_one(op_key, np.dtype(dname), v)]
+        for dname in dtypes:
+            ok = [v for v in OPSETS if probe(key, np.dtype(dname), v)]
             if ok:
                 row[dname] = ok
-        table[op_key] = row
+        table[key] = row
     return {"onnxruntime": ort.__version__, "opsets": list(OPSETS), "ops": table}
+
+
+def write_table(data: dict, path: str) -> None:
+    """Write a probed table as sorted, indented JSON (the committed form), naming it on stderr."""
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"wrote {path}: {len(data['ops'])} ops", file=sys.stderr)
+
+
+def probe_all() -> dict:
+    """The whole table: {"ops": {op_key: {dtype: [opsets]}}} for the installed onnxruntime."""
+    return probe_table(sorted(PROBES), probe_one)
 
 
 def main() -> None:
     """Probe and write `exporters/capabilities/onnxruntime-<version>.json`."""
     data = probe_all()
-    path = os.path.join(os.path.dirname(__file__), "capabilities", f"onnxruntime-{data['onnxruntime']}.json")
-    with open(path, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.write("\n")
-    print(f"wrote {path}: {len(data['ops'])} ops", file=sys.stderr)
+    folder = os.path.join(os.path.dirname(__file__), "capabilities")
+    write_table(data, os.path.join(folder, f"onnxruntime-{data['onnxruntime']}.json"))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,19 @@ def assert_agree(got, ref, dtype=None) -> None:
         assert a.dtype == b.dtype, f"leaf {k}: dtype {a.dtype} != {b.dtype}"
         ok, msg = agree(a, b, dtype)
         assert ok, f"leaf {k}: {msg}"
+
+
+def build_native() -> str:
+    """Build (or find up to date) the native runtime and check it loads; a failure fails the test
+    that needs it (CI has cmake and g++), it is never skipped. Returns the library's path."""
+    import pytest
+
+    from runtime import native_backend
+    from runtime.native.build import NativeBuildError, build
+
+    try:
+        path = build()
+    except NativeBuildError as e:
+        pytest.fail(f"cannot build the native runtime (CI has cmake and g++): {e}")
+    assert native_backend.available(), f"built {path} but it does not load"
+    return path

@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from tests.helpers import assert_agree
+from tests.helpers import assert_agree, build_native
 from tests.test_cli import castml
 
 MODEL_PY = textwrap.dedent("""
@@ -39,15 +39,7 @@ BACKENDS = ("auto", "numpy", "native", "onnxruntime")
 
 @pytest.fixture(scope="module", autouse=True)
 def native_lib():
-    import runtime.native_backend as nb
-    from runtime.native.build import NativeBuildError, build
-
-    try:
-        path = build()
-    except NativeBuildError as e:
-        pytest.fail(f"cannot build the native runtime (CI has cmake and g++): {e}")
-    assert nb.available(), f"built {path} but it does not load"
-    return path
+    return build_native()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import runtime
 import tracer
 from exporters.castml_format import to_bytes
 from runtime import native_backend as nb
-from tests.helpers import assert_agree
+from tests.helpers import assert_agree, build_native
 from tests.test_castml_format import MALFORMED, _hand_model
 from tracer import ops as T
 from tracer.core import context_of, emit
@@ -31,14 +31,7 @@ from tracer.ops import _apply
 
 @pytest.fixture(scope="module", autouse=True)
 def native_lib():
-    from runtime.native.build import NativeBuildError, build
-
-    try:
-        path = build()
-    except NativeBuildError as e:
-        pytest.fail(f"cannot build the native runtime (CI has cmake and g++): {e}")
-    assert nb.available(), f"built {path} but it does not load"
-    return path
+    return build_native()
 
 
 def _rng(seed=0):
