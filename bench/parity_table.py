@@ -4,25 +4,34 @@
 
 Each model is traced once with a symbolic batch (`gru` also with a symbolic sequence length) and
 run at each batch by `ir.interpret`, our runtime (`runtime.load` of the `.castml` bytes, NumPy
-backend), the native C++ runtime when it is built and runs the model, and onnxruntime (via
-`exporters.to_onnx`). A cell is `max|got - ref| / max|ref|` against eager NumPy, marked `ok` when
-DESIGN.md's tolerance rule holds elementwise (float32: rtol 1e-4, atol 1e-5 * max|ref|). With
-`--write`, the table replaces the text between the `parity` markers of that file; the exit
-status is 1 when any cell fails. Not a timed benchmark: it measures agreement only.
+backend), the native C++ runtime when it is built and runs the model, onnxruntime (via
+`exporters.to_onnx`) and onnxruntime-web (exported with `target="onnxruntime-web"`, run by
+`node web/run_model.mjs`: WebAssembly, one thread, the build the browser page loads; without node
+and `scripts/install_web.sh` its cells say n/a and why). A cell is `max|got - ref| / max|ref|`
+against eager NumPy, marked `ok` when DESIGN.md's tolerance rule holds elementwise (float32:
+rtol 1e-4, atol 1e-5 * max|ref|). With `--write`, the table replaces the text between the
+`parity` markers of that file; the exit status is 1 when any cell fails (an engine that raises
+while running fails its cell, with the error). Not a timed benchmark: it measures agreement only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
 
 BEGIN, END = "<!-- parity:begin -->", "<!-- parity:end -->"
 RTOL, ATOL = 1e-4, 1e-5  # float32, DESIGN.md
+WEB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web")
 
 
 def agreement(got: np.ndarray, ref: np.ndarray) -> tuple[float, bool]:
@@ -63,7 +72,81 @@ def _engines(g) -> dict[str, Callable | str]:
     sess = ort.InferenceSession(exporters.to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
     out["onnxruntime"] = lambda x, p: sess.run(None, dict(zip(names, pytree.flatten((x, p))[0])))[0]
+    out["onnxruntime-web"] = web_engine(g)
     return out
+
+
+def web_version() -> str | None:
+    """The onnxruntime-web version installed in `web/node_modules`, or None when it is not installed.
+
+    >>> web_version() is None or web_version().count(".") == 2
+    True
+    """
+    try:
+        with open(os.path.join(WEB, "node_modules", "onnxruntime-web", "package.json")) as f:
+            return json.load(f)["version"]
+    except FileNotFoundError:
+        return None
+
+
+def json_array(out: dict) -> np.ndarray:
+    """A tensor printed by `web/run_model.mjs` ({dtype, shape, data}) as a NumPy array; NaN,
+    +-Infinity and exact int64 arrive as strings.
+
+    >>> json_array({"dtype": "float32", "shape": [1, 2], "data": [1.5, "NaN"]})
+    array([[1.5, nan]], dtype=float32)
+    """
+    dt = np.dtype(out["dtype"])
+    data = [(float(v) if dt.kind == "f" else int(v)) if isinstance(v, str) else v for v in out["data"]]
+    return np.array(data, dtype=dt).reshape(out["shape"])
+
+
+def web_engine(g) -> Callable | str:
+    """run(*args) -> outputs of `g` computed by onnxruntime-web in node, or why it cannot run.
+
+    The model is exported once with `target="onnxruntime-web"` (an `ExportError` is reported as
+    the reason); each call writes it and the flattened inputs (`.npy`) to a temporary folder and
+    runs `node web/run_model.mjs`, raising `RuntimeError` with node's message when that fails.
+
+    >>> import tracer
+    >>> run = web_engine(tracer.trace(lambda x: x * 2, np.float32([1, 2])))
+    >>> isinstance(run, str) or run(np.float32([1, 2])).tolist() == [2.0, 4.0]
+    True
+    """
+    import exporters
+    from ir.graph import input_names
+    from runtime import pytree
+
+    node = shutil.which("node")
+    if node is None:
+        return "node not on PATH"
+    if web_version() is None:
+        return "web/node_modules missing: run scripts/install_web.sh"
+    try:
+        model = exporters.to_onnx(g, target="onnxruntime-web").SerializeToString()
+    except exporters.ExportError as e:
+        return "ExportError: " + str(e).splitlines()[0].replace("|", "/")
+    names = input_names(g)
+
+    def run(*args):
+        leaves = pytree.flatten(args)[0]
+        with tempfile.TemporaryDirectory(prefix="castml-parity-") as tmp:
+            path = os.path.join(tmp, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(model)
+            argv = [node, os.path.join(WEB, "run_model.mjs"), path]
+            for i, (name, leaf) in enumerate(zip(names, leaves)):
+                npy = os.path.join(tmp, f"in{i}.npy")
+                np.save(npy, np.ascontiguousarray(leaf))
+                argv += ["--input", f"{name}={npy}"]
+            proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"node web/run_model.mjs exited with {proc.returncode}: {proc.stderr.strip()}")
+        outputs = json.loads(proc.stdout)["outputs"]
+        arrays = tuple(json_array(outputs[n]) for n in g.output_names)
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    return run
 
 
 def _cases(name: str, batches: tuple[int, ...]) -> tuple[object, Callable, dict, list[tuple[str, np.ndarray]]]:
@@ -99,7 +182,12 @@ def measure(names: list[str], batches: tuple[int, ...]) -> tuple[list[str], list
                 if isinstance(run, str):
                     row.append(f"n/a ({run})")
                     continue
-                err, ok = agreement(run(x, params), ref)
+                try:
+                    err, ok = agreement(run(x, params), ref)
+                except Exception as e:  # noqa: BLE001 - an engine that cannot run a model it loaded fails the cell
+                    all_ok = False
+                    row.append(f"FAIL ({type(e).__name__}: {str(e).splitlines()[0][:120].replace('|', '/')})")
+                    continue
                 all_ok &= ok
                 row.append(f"{'ok' if ok else 'FAIL'} {err:.1e}")
             rows.append(row)
@@ -131,6 +219,13 @@ def write_between_markers(path: str, text: str) -> None:
         f.write(doc)
 
 
+def _node_version() -> str:
+    node = shutil.which("node")
+    if node is None:
+        return "none"
+    return subprocess.run([node, "--version"], capture_output=True, text=True).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table, optionally write it into a Markdown file; 1 when a cell fails."""
     from models import zoo
@@ -145,9 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     header, rows, ok = measure(names, batches)
     import onnxruntime
 
+    web = web_version()
+    web_note = (f"onnxruntime-web {web} wasm single-threaded under node {_node_version()}" if web
+                else "onnxruntime-web not installed")
     note = (f"Measured by `PYTHONPATH=. python bench/parity_table.py --write docs/models.md` (numpy {np.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, {platform.machine()}). Cell: `max|got - ref| / max|ref|` "
-            f"against eager NumPy; `ok` when the float32 tolerance rule holds elementwise.")
+            f"onnxruntime {onnxruntime.__version__}, {web_note}, {platform.machine()}). Cell: "
+            f"`max|got - ref| / max|ref|` against eager NumPy; `ok` when the float32 tolerance rule holds elementwise.")
     text = note + "\n\n" + to_markdown(header, rows)
     print(text)
     if args.write:

@@ -54,6 +54,8 @@ def mix32(cx: Emitter, x: str) -> str:
 
 def _key(cx: Emitter, seed: str, stream: int) -> str:
     """`seed_key`: the seed wrapped to uint64, its halves mixed with the stream constant."""
+    if hasattr(cx.caps, "check_random_opset"):  # onnxruntime-web: no bit-by-bit xors (exporters/target_web.py)
+        cx.caps.check_random_opset(cx.opset, cx.op.kind, cx.op.loc)
     s = cx.cast(seed, np.uint64)
     lo = cx.cast(s, U32)
     hi = cx.cast(cx.node("BitShift", [s, cx.const(np.array(32, np.uint64))], direction="RIGHT"), U32)

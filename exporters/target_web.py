@@ -13,6 +13,15 @@ At export, `WebCapabilities.pin` caps the model's IR version and rejects opsets 
 not probe; missing (op, dtype) pairs go through the usual fallbacks or raise `ExportError`
 naming the op, so a model that exports is one the browser can run.
 
+Random ops (`random_bits`/`random_uniform`/`random_normal`, so Dropout in a training step) run
+in the web build bit for bit like our runtime at opset >= 18, where their uint32 hash is
+BitwiseXor/BitShift/Mul/Add/Cast (all probed on uint32, wraparound included: `tests/test_web.py`).
+Before opset 18 ONNX has no BitwiseXor and each xor is spelled bit by bit, some 5,000 nodes per
+random op; onnxruntime-web 1.30.0 creates such sessions far more slowly than the CPU build
+(measured in node, one thread, on a loaded 2-core machine: one dropout, 4,840 nodes, 4.6 s;
+six random ops, 36,103 nodes, not loaded after 100 s, which onnxruntime CPU loads in 3.4 s), so
+`check_random_opset` makes that an `ExportError` naming the op instead of a page that hangs.
+
 Probe models: `python -m exporters.target_web probe-models OUT.json` writes
 {"probes": [{"key", "dtype", "opset", "model": base64, "inputs": {name: {dtype, shape, data}}}],
  "ir_probes": [{"ir_version", "model", "inputs"}]}.
@@ -33,6 +42,7 @@ from .errors import ExportError
 NAME = "onnxruntime-web"
 _DIR = os.path.join(os.path.dirname(__file__), "capabilities")
 IR_PROBE_VERSIONS = tuple(range(7, 15))
+MIN_RANDOM_OPSET = 18  # BitwiseXor; see the module docstring
 
 
 class WebCapabilities(Capabilities):
@@ -66,6 +76,24 @@ class WebCapabilities(Capabilities):
         if opset not in self.opsets:
             raise ExportError(f"{self.name}: opset {opset} was not probed for onnxruntime-web; expected one of "
                               f"{min(self.opsets)}..{max(self.opsets)} (opset=18 is the default)")
+
+    def check_random_opset(self, opset: int, kind: str, loc: str | None = None) -> None:
+        """Raise `ExportError` naming the random op `kind` (at source line `loc`) below opset 18.
+
+        >>> load_table().check_random_opset(18, "random_uniform")
+        >>> try:
+        ...     load_table().check_random_opset(13, "random_uniform", "model.py:3")
+        ... except ExportError as e:
+        ...     print(str(e)[:76])
+        onnxruntime-web-1.30.0 cannot run `random_uniform` (model.py:3) at opset 13:
+        """
+        if opset >= MIN_RANDOM_OPSET:
+            return
+        where = f" ({loc})" if loc else ""
+        raise ExportError(f"{self.name} cannot run `{kind}`{where} at opset {opset}: before opset {MIN_RANDOM_OPSET} "
+                          f"ONNX has no BitwiseXor, so its uint32 hash is spelled bit by bit (thousands of nodes per "
+                          f"random op), which onnxruntime-web {self.version} takes minutes to load; export at opset "
+                          f">= {MIN_RANDOM_OPSET} (the default), where it runs bit for bit like castml's runtime")
 
     def pin(self, model) -> None:
         """Cap `model.ir_version` at the highest one onnxruntime-web loads (in place).

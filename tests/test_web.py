@@ -40,7 +40,10 @@ WEB = os.path.join(ROOT, "web")
 CHROMIUM = "/usr/bin/chromium"
 INSTALL = "run scripts/install_web.sh (npm ci in web/, apt-get install chromium)"
 # (model, batch sizes): two per model; the transformer (seq 128, width 256) stays small
-NODE_CASES = [("mlp", (1, 5)), ("lenet", (1, 4)), ("resnet_tiny", (1, 3)), ("transformer_encoder", (1, 2))]
+NODE_CASES = [("mlp", (1, 5)), ("lenet", (1, 4)), ("resnet_tiny", (1, 3)), ("transformer_encoder", (1, 2)),
+              ("gru", (1, 4))]
+SYMBOLIC = {"gru": ("batch", "seq")}  # the GRU also with a symbolic sequence length: one ONNX Loop
+SEQ = 9
 
 
 def _require_node() -> str:
@@ -170,7 +173,8 @@ def test_web_target_error_names_the_op(tmp_path):
 def exported(request, tmp_path_factory):
     name, batches = request.param
     fn, (x, params) = zoo.MODELS[name].build(seed=0)
-    g = tracer.trace(fn, tracer.TensorSpec(("batch",) + x.shape[1:], x.dtype), params)
+    dims = SYMBOLIC.get(name, ("batch",))
+    g = tracer.trace(fn, tracer.TensorSpec(dims + x.shape[len(dims):], x.dtype), params)
     folder = tmp_path_factory.mktemp(name)
     path = str(folder / "m.onnx")
     exporters.save(g, path, target="onnxruntime-web")
@@ -181,9 +185,14 @@ def test_zoo_model_runs_in_onnxruntime_web_node(exported):
     name, batches, g, params, path, folder = exported
     sess = runtime.load(castml_format.to_bytes(g))
     names = input_names(g)
+    if name in SYMBOLIC:
+        import onnx
+
+        assert "Loop" in {n.op_type for n in onnx.load(path).graph.node}
     rng = np.random.default_rng(7)
     for b in batches:
-        x = rng.standard_normal((b,) + tuple(g.inputs[0].type.shape[1:])).astype(np.float32)
+        shape = [{"batch": b, "seq": SEQ}.get(d, d) for d in g.inputs[0].type.shape]
+        x = rng.standard_normal(shape).astype(np.float32)
         args = []
         for n, leaf in zip(names, pytree.flatten((x, params))[0]):
             f = str(folder / f"{n}.npy")
@@ -195,6 +204,117 @@ def test_zoo_model_runs_in_onnxruntime_web_node(exported):
         ref = sess.run(x, params)
         assert_agree(_array(got["outputs"]["output"]), ref)
         assert got["outputs"]["output"]["shape"][0] == b
+
+
+# --- random ops: the uint32 counter-based hash in the web build --------------------------------------------------
+
+SEEDS = (0, 1, -5, 2**40 + 3, 2**63 - 1)  # negative and > 2**32 seeds exercise the uint64 -> uint32 casts
+
+
+def _run_in_node(g, args: tuple, folder, onnx_path: str) -> dict[str, np.ndarray]:
+    """Outputs of `node web/run_model.mjs onnx_path` on the flattened `args`, by output name."""
+    argv = []
+    for i, (n, leaf) in enumerate(zip(input_names(g), pytree.flatten(args)[0])):
+        f = str(folder / f"in{i}.npy")
+        np.save(f, np.ascontiguousarray(leaf))
+        argv += ["--input", f"{n}={f}"]
+    got = _node("run_model.mjs", onnx_path, *argv)
+    assert list(got["outputs"]) == list(g.output_names)
+    return {n: _array(o) for n, o in got["outputs"].items()}
+
+
+def _random_step(x, seed):
+    from tracer import ops
+
+    return (ops.dropout(x, 0.3, seed), ops.random_bits(x.shape, seed, stream=2),
+            ops.random_uniform((3,), seed, dtype=np.float64, stream=3),
+            ops.random_uniform((5,), seed, dtype=np.float16, stream=4),
+            ops.random_normal(x.shape, seed, stream=1),
+            ops.random_normal((4,), seed, dtype=np.float64, mean=1.0, std=2.0, stream=5))
+
+
+def test_uint32_table_entries_the_random_lowering_needs():
+    # measured by the probe (re-checked against the installed package by the test above)
+    web = load_table()
+    for key in ("BitwiseXor", "BitShift", "Mul", "Add", "Cast", "Cast.to", "Reshape", "Identity"):
+        assert web.supports(key, np.uint32, 18), key
+    assert web.supports("BitShift", np.uint64, 18) and web.supports("Range", np.int64, 13)
+    assert not web.supports("BitwiseXor", np.uint32, 17)  # opset 17 has no BitwiseXor: xor is spelled in bits
+
+
+def test_random_ops_run_in_onnxruntime_web_bit_for_bit(tmp_path):
+    """The web build's uint32 Mul/Add wrap, its shifts and its uint64 -> uint32 casts are the runtime's:
+    bits, uniform floats and the dropout mask agree exactly, Box-Muller normals (Log/Cos/Sqrt)
+    within the tolerance rule."""
+    import onnx
+
+    g = tracer.trace(_random_step, tracer.TensorSpec(("batch", 5), np.float32), tracer.TensorSpec((), np.int64))
+    path = str(tmp_path / "random.onnx")
+    exporters.save(g, path, target="onnxruntime-web")  # opset 18
+    assert {"BitwiseXor", "BitShift", "Mul", "Add", "Cast"} <= {n.op_type for n in onnx.load(path).graph.node}
+    sess = runtime.load(castml_format.to_bytes(g))
+    rng = np.random.default_rng(0)
+    for batch, seed in zip((1, 7, 3, 2, 5), SEEDS):
+        x = rng.standard_normal((batch, 5)).astype(np.float32)
+        s = np.array(seed, np.int64)
+        got = list(_run_in_node(g, (x, s), tmp_path, path).values())
+        ref = sess.run(x, s)
+        for k, (a, b) in enumerate(zip(got, ref)):
+            if k >= 4:  # random_normal
+                assert_agree(a, b)
+            else:
+                assert a.dtype == b.dtype and np.array_equal(a, b), (seed, k, a, b)
+    assert (got[0] == 0).any() and (got[0] != 0).any()  # the last mask keeps some and drops some
+
+
+def test_random_ops_before_opset_18_fail_at_export_naming_the_op(tmp_path):
+    # before opset 18 the xors are spelled bit by bit: thousands of nodes the web build loads for minutes
+    g = tracer.trace(_random_step, tracer.TensorSpec(("batch", 5), np.float32), tracer.TensorSpec((), np.int64))
+    named = r"onnxruntime-web-1\.30\.0 cannot run `random_uniform` \(.*test_web.*\) at opset 17: .* opset >= 18"
+    with pytest.raises(exporters.ExportError, match=named):
+        exporters.save(g, str(tmp_path / "r.onnx"), opset=17, target="onnxruntime-web")
+    assert not os.path.exists(tmp_path / "r.onnx")
+    assert len(exporters.to_onnx(g, opset=13, target="onnxruntime-cpu").graph.node) > 10_000  # the CPU target keeps it
+
+
+def test_training_step_with_dropout_runs_in_onnxruntime_web(tmp_path):
+    from models import layers as nn
+    from models import losses
+    from models.optim import SGD
+    from models.training import build_train_step, step_seed, trainable
+
+    model = nn.Sequential([nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3)])
+    params = model.init(0)
+    opt = SGD(0.1, momentum=0.9)
+    tp = trainable(params)
+    state = opt.init(tp)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 6)).astype(np.float32), np.array([0, 2, 1, 1, 0])
+    g = build_train_step(model, losses.cross_entropy, opt, params, state, x, y)
+    path = str(tmp_path / "train_step.onnx")
+    exporters.save(g, path, target="onnxruntime-web")
+    sess = runtime.load(castml_format.to_bytes(g))
+    losses_by_seed = []
+    for step in (0, 1):
+        args = (tp, {}, state, x, y, step_seed(3, step))
+        got = _run_in_node(g, args, tmp_path, path)
+        ref = sess.run(*args)
+        # loss, new params and momenta: a different dropout mask would change them far beyond the rule
+        assert_agree(tuple(got.values()), tuple(pytree.flatten(ref)[0]))
+        losses_by_seed.append(float(got["output.0"]))
+    assert losses_by_seed[0] != losses_by_seed[1]  # a new seed draws a new mask
+
+
+# --- the parity matrix's onnxruntime-web column ---------------------------------------------------------------------
+
+def test_parity_table_has_an_onnxruntime_web_column_that_runs():
+    from bench import parity_table
+
+    _require_node()
+    header, rows, ok = parity_table.measure(["mlp"], (3,))
+    assert ok and header[-1] == "onnxruntime-web", header
+    assert rows[0][-1].startswith("ok "), rows
+    assert parity_table.web_version() == _pinned_version()
 
 
 # --- browser: the `castml web` page in headless Chromium -----------------------------------------

@@ -157,13 +157,18 @@ def test_docs_parity_table_lists_every_model_and_no_failure():
 
     doc = (pathlib.Path(__file__).parent.parent / "docs" / "models.md").read_text()
     table = doc.split("<!-- parity:begin -->")[1].split("<!-- parity:end -->")[0]
+    header = [c.strip() for c in table.split("\n| model |")[1].split("\n")[0].strip("|").split("|")]
+    assert header[:5] == ["input", "ir.interpret", "castml runtime", "castml native", "onnxruntime"], header
+    assert header[5:] == ["onnxruntime-web"], header
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert {r.split("`")[1] for r in rows} == set(zoo.MODELS)
-    assert "FAIL" not in table
+    assert "FAIL" not in table and "onnxruntime-web 1." in table  # the note names the measured version
     for r in rows:
-        cells = [c.strip() for c in r.strip("|").split("|")][2:]
-        assert cells and all(c.startswith(("ok ", "n/a")) for c in cells), r
-        assert not cells[-1].startswith("n/a")  # onnxruntime always runs
+        cells = dict(zip(header, (c.strip() for c in r.strip("|").split("|")[1:])))
+        assert len(cells) == len(header) and cells["input"].startswith("batch "), r
+        assert all(c.startswith(("ok ", "n/a")) for k, c in cells.items() if k != "input"), r
+        # onnxruntime and onnxruntime-web run every zoo model
+        assert cells["onnxruntime"].startswith("ok ") and cells["onnxruntime-web"].startswith("ok "), r
 
 
 def test_parity_table_script_measures_and_flags(tmp_path):
@@ -179,3 +184,17 @@ def test_parity_table_script_measures_and_flags(tmp_path):
     parity_table.write_between_markers(str(doc), parity_table.to_markdown(header, rows))
     text = doc.read_text()
     assert "old" not in text and "| `mlp` | batch 1 |" in text and text.endswith("y\n")
+
+
+def test_parity_table_fails_the_cell_of_an_engine_that_raises(monkeypatch):
+    from bench import parity_table
+
+    def broken(x, params):
+        raise RuntimeError("node web/run_model.mjs exited with 1: no kernel | here\nsecond line")
+
+    monkeypatch.setattr(parity_table, "_engines", lambda g: {"good": lambda x, p: zoo.mlp.build(seed=0)[0](x, p),
+                                                             "broken": broken, "absent": "not built"})
+    header, rows, ok = parity_table.measure(["mlp"], (2,))
+    assert not ok and header == ["model", "input", "good", "broken", "absent"]
+    assert rows == [["`mlp`", "batch 2", "ok 0.0e+00",
+                     "FAIL (RuntimeError: node web/run_model.mjs exited with 1: no kernel / here)", "n/a (not built)"]]
