@@ -651,3 +651,72 @@ def test_sanitized_build_replays_corpus_and_ops():
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "runtime error" not in out and "AddressSanitizer" not in out, out[-4000:]
+
+
+# ---- the residual fusion (conv -> add -> relu as one step) and the packed conv paths ----------------
+_W = _f((4, 4, 3, 3), seed=5)
+_B = _f((4,), seed=6)
+_W1 = _f((4, 4, 1, 1), seed=7)
+
+
+def _conv(x, b=_B):
+    return T.conv2d(x, _W, b, padding=1)
+
+
+RESIDUAL_CASES = {  # what the fusion must match, and the shapes around it that it must leave alone
+    "conv_add_relu": lambda x: np.maximum(_conv(x) + x, 0.0),
+    "relu_op": lambda x: T.relu(x + _conv(x, None)),
+    "two_convs": lambda x: np.maximum(T.conv2d(x, _W, padding=1) + T.conv2d(x, _W1), 0.0),
+    "conv_also_returned": lambda x: (lambda y: (np.maximum(y + x, 0.0), y))(_conv(x)),
+    "sum_also_returned": lambda x: (lambda u: (np.maximum(u, 0.0), u))(_conv(x) + x),
+    "sum_used_twice": lambda x: (lambda u: np.maximum(u, 0.0) * u)(_conv(x) + x),
+    "maximum_not_zero": lambda x: np.maximum(_conv(x) + x, 0.5),
+    "no_relu": lambda x: (_conv(x) + x) * 2.0,
+    "self_add": lambda x: (lambda y: np.maximum(y + y, 0.0))(_conv(x)),
+}
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+@pytest.mark.parametrize("name", sorted(RESIDUAL_CASES))
+def test_conv_add_relu_chains_match_numpy(name, optimize):
+    import ir
+
+    for shape in ((1, 4, 9, 9), (3, 4, 5, 5)):
+        g = tracer.trace(RESIDUAL_CASES[name], tracer.TensorSpec(("b", 4, shape[2], shape[3])))
+        native, ref = _both(ir.optimize(g, elementwise=False) if optimize else g)
+        x = _f(shape, seed=1)
+        x[0, 0, 0, 0] = np.nan  # NaN must flow through the fused epilogue as through NumPy
+        for xx in (x, _f(shape, seed=2)):
+            assert_agree(native.run(xx), ref.run(xx))
+
+
+def test_random_conv_and_max_pool_configurations_match_numpy():
+    """Seeded random strides, pads, dilations, groups, kernel sizes, 1-D and 2-D, with activations:
+    the packed im2col (stride-split padded copy) and the padded max-pool paths against NumPy."""
+    rng = np.random.default_rng(0)
+    checked = 0
+    while checked < 40:
+        nd = 2 if rng.random() < 0.85 else 1
+        group = int(rng.choice([1, 1, 1, 2, 3]))
+        cg = int(rng.integers(1, 5))
+        m = group * int(rng.integers(1, 6))
+        ks = [int(rng.integers(1, 6)) for _ in range(nd)]
+        st = [int(rng.integers(1, 4)) for _ in range(nd)]
+        dl = [int(rng.integers(1, 3)) for _ in range(nd)]
+        pads = [int(rng.integers(0, 3)) for _ in range(2 * nd)]
+        sp = [int(rng.integers(1, 30)) for _ in range(nd)]
+        if any(sp[i] + pads[i] + pads[nd + i] < (ks[i] - 1) * dl[i] + 1 for i in range(nd)):
+            continue  # no output position: not a valid conv
+        x = _f((int(rng.choice([1, 2, 5])), cg * group, *sp), seed=checked)
+        if rng.random() < 0.1:
+            x[0, 0] = np.nan
+        w, b = _f((m, cg, *ks), seed=checked + 1), _f((m,), seed=checked + 2)
+        attrs = {"strides": tuple(st), "pads": tuple(pads), "dilations": tuple(dl), "group": group,
+                 "activation": str(rng.choice(["none", "relu", "gelu"]))}
+        _check(lambda x, w, b: _apply("fused_conv", [x, w, b], attrs), x, w, b)
+        if nd == 2:  # a pool window inside the padded input, pads smaller than the window
+            k2 = [min(k, s) for k, s in zip(ks, sp)]
+            pool = {"kernel_shape": tuple(k2), "strides": tuple(st), "dilations": (1, 1),
+                    "pads": tuple(min(p, k - 1) for p, k in zip(pads, k2 + k2)), "ceil_mode": bool(rng.random() < 0.3)}
+            _check(lambda x: _apply("max_pool", [x], pool), x)
+        checked += 1

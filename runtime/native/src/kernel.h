@@ -7,7 +7,10 @@
 // shapes come from the declared types; kernels compute their own shape and compare.
 #pragma once
 
+#include <atomic>
+#include <cstdlib>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -16,12 +19,61 @@
 
 namespace castml {
 
+// What a kernel derives from constant inputs once and reuses on every later call (packed GEMM
+// weights): one per step, owned by the Program, filled by the first call under a mutex and
+// immutable afterwards, so concurrent runs read it without locking.
+class StepCache {
+ public:
+  StepCache() = default;
+  StepCache(const StepCache&) = delete;
+  StepCache& operator=(const StepCache&) = delete;
+  ~StepCache();
+  // The n floats made by fill(64-byte aligned buffer) for `key` (what they derive from: pointers
+  // and sizes) on the first call; null when a later call asks with another key (the caller then
+  // works uncached).
+  template <class Fill>
+  const float* get(const std::vector<int64_t>& key, size_t n, Fill&& fill) {
+    if (!ready_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!ready_.load(std::memory_order_relaxed)) {
+        float* fresh = allocate(n);
+        try {
+          fill(fresh);
+        } catch (...) {
+          std::free(fresh);
+          throw;
+        }
+        data_ = fresh;
+        key_ = key;
+        ready_.store(true, std::memory_order_release);
+      }
+    }
+    return key == key_ ? data_ : nullptr;
+  }
+
+ private:
+  static float* allocate(size_t n);
+  std::mutex mutex_;
+  std::atomic<bool> ready_{false};
+  std::vector<int64_t> key_;  // written once, before ready_
+  float* data_ = nullptr;
+};
+
 struct KernelCall {
   const OpDef& op;
   const Env& env;
   const ModelDef& model;
   std::vector<const Tensor*> in;
   std::vector<Tensor*> out;
+  StepCache* cache = nullptr;            // this step's cache (null outside a Program)
+  const std::vector<uint8_t>* constant = nullptr;  // per input: 1 when it is a constant of the file
+  // A conv whose output fed only `add(out, residual)` (then only relu / maximum(., 0) when
+  // fused_relu): the Program fused those steps into this one, which writes their result.
+  const Tensor* residual = nullptr;
+  bool fused_relu = false;
+
+  // Whether input k is a constant of the model (its data never changes between calls).
+  bool is_constant(size_t k) const { return constant && k < constant->size() && (*constant)[k]; }
 
   bool has(const char* name) const { return op.attrs.count(name) > 0; }
   const Attr& attr(const char* name) const;

@@ -146,13 +146,13 @@ void check_number(const OpDef& op, const GraphDef& g) {
 }
 
 template <class T>
-T sigmoid_of(T v) {
+[[gnu::always_inline]] inline T sigmoid_of(T v) {
   T e = fast_exp(-std::abs(v));
   return (v >= 0 ? T(1) : e) / (T(1) + e);
 }
 
 double gelu_erf(double v) { return 0.5 * v * std::erfc(-v * M_SQRT1_2); }
-float gelu_erf(float v) { return 0.5f * v * fast_erfc(-v * static_cast<float>(M_SQRT1_2)); }
+[[gnu::always_inline]] inline float gelu_erf(float v) { return 0.5f * v * fast_erfc(-v * static_cast<float>(M_SQRT1_2)); }
 
 double gelu_tanh(double v) {
   const double k = std::sqrt(2.0 / M_PI);
@@ -371,6 +371,154 @@ void register_elementwise(KernelTable& t) {
   t["where"] = {where_kernel, require_no_f16};
   t["cast"] = {cast_kernel, require_no_f16};
   t["stop_gradient"] = {[](KernelCall& c) { cast_kernel(c); }, require_no_f16};
+}
+
+// ---- float32 loops of vecmath.h, one body compiled for baseline x86-64 and for AVX-512 ----------
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(CASTML_NO_AVX512)  // the latter: test the portable path
+#define CASTML_VEC_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,prefer-vector-width=512")))
+#endif
+
+namespace {
+
+#ifdef CASTML_VEC_AVX512
+bool cpu_has_avx512() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+#endif
+
+[[gnu::always_inline]] inline void activate_body(float* __restrict y, int64_t n, Activation act) {
+  switch (act) {
+    case kActNone:
+      return;
+    case kActRelu:
+      for (int64_t i = 0; i < n; ++i) y[i] = (y[i] > 0.0f || y[i] != y[i]) ? y[i] : 0.0f;
+      return;
+    case kActSigmoid:
+      for (int64_t i = 0; i < n; ++i) y[i] = sigmoid_of(y[i]);
+      return;
+    case kActTanh:
+      for (int64_t i = 0; i < n; ++i) y[i] = std::tanh(y[i]);
+      return;
+    case kActGelu:
+      for (int64_t i = 0; i < n; ++i) y[i] = gelu_erf(y[i]);
+      return;
+    case kActGeluTanh:
+      for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(gelu_tanh(static_cast<double>(y[i])));
+      return;
+  }
+}
+
+[[gnu::always_inline]] inline void softmax_body(const float* __restrict p, float* __restrict q, int64_t n) {
+  constexpr int kL = 16;  // explicit lanes: max and sums vectorize without reassociation flags
+  float mx[kL];
+  int nan[kL];
+  for (int k = 0; k < kL; ++k) mx[k] = -INFINITY, nan[k] = 0;
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL)
+    for (int k = 0; k < kL; ++k) {
+      float v = p[j + k];
+      nan[k] |= v != v;
+      mx[k] = v > mx[k] ? v : mx[k];
+    }
+  float m = -INFINITY;
+  bool any_nan = false;
+  for (int k = 0; k < kL; ++k) m = mx[k] > m ? mx[k] : m, any_nan |= nan[k] != 0;
+  for (; j < n; ++j) {
+    any_nan |= p[j] != p[j];
+    m = p[j] > m ? p[j] : m;
+  }
+  if (any_nan) m = NAN;
+  for (int64_t i = 0; i < n; ++i) q[i] = fast_exp(p[i] - m);
+  float acc[kL];
+  for (int k = 0; k < kL; ++k) acc[k] = 0.0f;
+  j = 0;
+  for (; j + kL <= n; j += kL)
+    for (int k = 0; k < kL; ++k) acc[k] += q[j + k];
+  double sum = 0;
+  for (int k = 0; k < kL; ++k) sum += acc[k];
+  for (; j < n; ++j) sum += q[j];
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) q[i] *= inv;
+}
+
+[[gnu::always_inline]] inline void layer_norm_body(const float* __restrict p, float* __restrict q, int64_t n,
+                                                   double eps, const float* __restrict scale,
+                                                   const float* __restrict bias) {
+  constexpr int kL = 8;  // double lanes
+  double acc[kL];
+  for (int k = 0; k < kL; ++k) acc[k] = 0;
+  int64_t j = 0;
+  for (; j + kL <= n; j += kL)
+    for (int k = 0; k < kL; ++k) acc[k] += p[j + k];
+  double s = 0;
+  for (int k = 0; k < kL; ++k) s += acc[k];
+  for (; j < n; ++j) s += p[j];
+  const double mean = n ? s / n : 0.0;
+  for (int k = 0; k < kL; ++k) acc[k] = 0;
+  j = 0;
+  for (; j + kL <= n; j += kL)
+    for (int k = 0; k < kL; ++k) {
+      double d = p[j + k] - mean;
+      acc[k] += d * d;
+    }
+  double v = 0;
+  for (int k = 0; k < kL; ++k) v += acc[k];
+  for (; j < n; ++j) v += (p[j] - mean) * (p[j] - mean);
+  const float tm = static_cast<float>(mean), ti = static_cast<float>(1.0 / std::sqrt((n ? v / n : 0.0) + eps));
+  for (int64_t i = 0; i < n; ++i) q[i] = (p[i] - tm) * ti * scale[i] + bias[i];
+}
+
+void activate_base(float* y, int64_t n, Activation act) { activate_body(y, n, act); }
+void softmax_base(const float* p, float* q, int64_t n) { softmax_body(p, q, n); }
+void layer_norm_base(const float* p, float* q, int64_t n, double eps, const float* scale, const float* bias) {
+  layer_norm_body(p, q, n, eps, scale, bias);
+}
+#ifdef CASTML_VEC_AVX512
+CASTML_VEC_AVX512 void activate_avx512(float* y, int64_t n, Activation act) { activate_body(y, n, act); }
+CASTML_VEC_AVX512 void softmax_avx512(const float* p, float* q, int64_t n) { softmax_body(p, q, n); }
+CASTML_VEC_AVX512 void layer_norm_avx512(const float* p, float* q, int64_t n, double eps, const float* scale,
+                                         const float* bias) {
+  layer_norm_body(p, q, n, eps, scale, bias);
+}
+#endif
+
+}  // namespace
+
+Activation activation_code(const std::string& name) {
+  if (name == "none") return kActNone;
+  if (name == "relu") return kActRelu;
+  if (name == "sigmoid") return kActSigmoid;
+  if (name == "tanh") return kActTanh;
+  if (name == "gelu") return kActGelu;
+  if (name == "gelu_tanh") return kActGeluTanh;
+  fail(kKernelError, "unknown activation '" + name + "'");
+}
+
+void vec_activate(float* y, int64_t n, Activation act) {
+#ifdef CASTML_VEC_AVX512
+  if (cpu_has_avx512()) return activate_avx512(y, n, act);
+#endif
+  activate_base(y, n, act);
+}
+
+void vec_softmax_row(const float* p, float* q, int64_t n) {
+#ifdef CASTML_VEC_AVX512
+  if (cpu_has_avx512()) return softmax_avx512(p, q, n);
+#endif
+  softmax_base(p, q, n);
+}
+
+void vec_layer_norm_row(const float* p, float* q, int64_t n, double eps, const float* scale, const float* bias) {
+#ifdef CASTML_VEC_AVX512
+  if (cpu_has_avx512()) return layer_norm_avx512(p, q, n, eps, scale, bias);
+#endif
+  layer_norm_base(p, q, n, eps, scale, bias);
 }
 
 }  // namespace castml

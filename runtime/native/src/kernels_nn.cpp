@@ -1,8 +1,11 @@
 // NN kernels with ONNX semantics (as runtime/kernels/nn.py and conv.py): softmax and
 // log_softmax (shifted by the row max), layer/batch/instance norm (statistics in double), and
 // 1-D/2-D max/avg pooling with pads, strides, dilations (max) and ceil_mode, plus global pools.
+// float32 softmax (contiguous rows) and layer_norm rows run vecmath.h's AVX-512 builds.
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <type_traits>
 
 #include "kernel.h"
@@ -49,6 +52,12 @@ void softmax_kernel(KernelCall& c) {
     using T = decltype(tag);
     const T* xp = x.ptr<T>();
     T* yp = c.out.at(0)->ptr<T>();
+    if constexpr (std::is_same_v<T, float> && !kLog) {
+      if (inner == 1) {
+        for (int64_t o = 0; o < outer; ++o) vec_softmax_row(xp + o * n, yp + o * n, n);
+        return;
+      }
+    }
     for (int64_t o = 0; o < outer; ++o)
       for (int64_t i = 0; i < inner; ++i)
         if (inner == 1)
@@ -101,6 +110,10 @@ void layer_norm_kernel(KernelCall& c) {
     for (int64_t r = 0; r < rows; ++r) {
       const T* p = xp + r * cols;
       T* q = yp + r * cols;
+      if constexpr (std::is_same_v<T, float>) {
+        vec_layer_norm_row(p, q, cols, eps, scale.data(), bias.data());
+        continue;
+      }
       double mean, inv;
       row_stats(p, cols, eps, &mean, &inv);
       T tm = static_cast<T>(mean), ti = static_cast<T>(inv);
@@ -259,6 +272,38 @@ void pool_kernel(KernelCall& c) {
         if (!kMax)
           for (int64_t oj = 0; oj < w.out; ++oj) d[oj] = static_cast<T>(d[oj] * inv_count[oi * w.out + oj]);
       }
+    }
+    if (kMax && !full) {
+      // each plane copied into a buffer bordered with the lowest value (neutral for max): every
+      // window then lies inside it and whole output rows run without bounds checks
+      const int64_t hp = std::max(h.pb + h.size, (h.out - 1) * h.s + (h.k - 1) * h.d + 1);
+      const int64_t wp = std::max(w.pb + w.size, (w.out - 1) * w.s + (w.k - 1) * w.d + 1);
+      std::unique_ptr<T[]> buf(new T[static_cast<size_t>(hp * wp)]);
+      T* padded = buf.get();
+      std::fill(padded, padded + hp * wp, lowest);
+      for (int64_t p = 0; p < planes; ++p) {
+        const T* plane = xp + p * h.size * w.size;
+        for (int64_t i = 0; i < h.size; ++i)
+          std::memcpy(padded + (h.pb + i) * wp + w.pb, plane + i * w.size, w.size * sizeof(T));
+        for (int64_t oi = 0; oi < h.out; ++oi) {
+          T* __restrict d = yp + (p * h.out + oi) * w.out;
+          for (int64_t ti = 0; ti < h.k; ++ti) {
+            const T* row = padded + (oi * h.s + ti * h.d) * wp;
+            for (int64_t tj = 0; tj < w.k; ++tj) {
+              const T* __restrict r = row + tj * w.d;
+              if (ti == 0 && tj == 0) {
+                for (int64_t oj = 0; oj < w.out; ++oj) d[oj] = r[oj * w.s];
+              } else {
+                for (int64_t oj = 0; oj < w.out; ++oj) {
+                  T v = r[oj * w.s];
+                  d[oj] = (v > d[oj] || v != v) ? v : d[oj];
+                }
+              }
+            }
+          }
+        }
+      }
+      return;
     }
     for (int64_t p = 0; !full && p < planes; ++p) {
       const T* plane = xp + p * h.size * w.size;

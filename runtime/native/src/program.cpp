@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <set>
 
@@ -107,6 +108,15 @@ Result::~Result() {
 
 Program::Arena::~Arena() { std::free(data); }
 
+StepCache::~StepCache() { std::free(data_); }
+
+float* StepCache::allocate(size_t n) {
+  void* p = std::aligned_alloc(64, (std::max<size_t>(n, 1) * sizeof(float) + 63) / 64 * 64);
+  if (!p)
+    fail(kKernelError, "out of memory allocating " + std::to_string(n * sizeof(float)) + " bytes of packed weights");
+  return static_cast<float*>(p);
+}
+
 namespace {
 void* aligned_malloc(size_t n) {
   size_t rounded = (std::max<size_t>(n, 1) + 63) / 64 * 64;
@@ -167,7 +177,7 @@ void Program::lower(uint32_t k, int depth) {
         fail(kUnsupportedError, e.message + ": " + label);
       }
     }
-    Step step{&op, &it->second, label, {}, op.outputs};
+    Step step{&op, &it->second, label, {}, op.outputs, {}, std::make_unique<StepCache>()};
     for (uint32_t v : op.inputs) step.inputs.push_back(resolve(v));
     steps_.push_back(std::move(step));
   }
@@ -185,12 +195,14 @@ Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), 
   lower(0, 0);
   check_symbols();
   for (uint32_t v : body.outputs) outputs_.push_back(resolve(v));
+  fuse_residuals();
   std::vector<int> first(nv, -1), last(nv, -1);
   for (size_t j = 0; j < steps_.size(); ++j) {
     const Step& s = steps_[j];
     const OpDef& op = *s.op;
     int step = static_cast<int>(j);
     for (uint32_t v : s.inputs) last[v] = step;
+    if (s.residual != kNoValue) last[s.residual] = step;
     for (uint32_t v : s.outputs) {
       first[v] = last[v] = step;
       storage_[v] = kArenaValue;
@@ -202,16 +214,101 @@ Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), 
       const ConstTensor& t = model.tensors[value->second.tensor];
       storage_[op.outputs[0]] = kConstValue;
       const_data_[op.outputs[0]] = t.data;
+      // its kernel only compares the stored type with the declared one: with a static declared
+      // shape that is done once here, and the step costs nothing per call
+      const ValueDef& vd = graph.values[op.outputs[0]];
+      bool same = vd.dtype == t.dtype && vd.shape.size() == t.shape.size();
+      for (size_t d = 0; same && d < vd.shape.size(); ++d)
+        same = vd.shape[d].is_static() && vd.shape[d].size == t.shape[d];
+      steps_[j].skip = same;
     }
   }
   for (uint32_t v : outputs_)
     if (storage_[v] == kArenaValue) storage_[v] = kOutputValue;
+  for (Step& s : steps_)
+    for (uint32_t v : s.inputs) s.constant.push_back(storage_[v] == kConstValue);
   for (uint32_t v = 0; v < nv; ++v) {
     if (storage_[v] != kArenaValue) continue;
     arena_index_[v] = static_cast<int>(arena_values_.size());
     arena_values_.push_back(v);
     live_.emplace_back(first[v], last[v]);
   }
+}
+
+// conv -> add(., r) -> relu / maximum(., 0) chains (see program.h) become one conv step placed
+// where the add was: the conv's inputs exist by then, the residual r may be computed only after
+// the conv, and nothing else reads the conv's or the add's output. Malformed ops are left alone
+// (the checks after lowering report them).
+void Program::fuse_residuals() {
+  const size_t nv = graph_.values.size(), ns = steps_.size();
+  std::vector<int> uses(nv, 0), def(nv, -1);
+  for (size_t j = 0; j < ns; ++j) {
+    for (uint32_t v : steps_[j].inputs) ++uses[v];
+    for (uint32_t v : steps_[j].outputs) def[v] = static_cast<int>(j);
+  }
+  for (uint32_t v : outputs_) uses[v] += 2;  // a returned value is never fused away
+  auto sole_user = [&](uint32_t v, size_t from) -> int {
+    if (uses[v] != 1) return -1;
+    for (size_t k = from; k < ns; ++k)
+      for (uint32_t u : steps_[k].inputs)
+        if (u == v) return static_cast<int>(k);
+    return -1;
+  };
+  auto is_zero = [&](uint32_t c) {
+    if (def[c] < 0 || steps_[def[c]].op->kind != "constant") return false;
+    auto it = steps_[def[c]].op->attrs.find("value");
+    if (it == steps_[def[c]].op->attrs.end() || it->second.kind != kAttrTensor ||
+        it->second.tensor < 0 || static_cast<size_t>(it->second.tensor) >= model_.tensors.size())
+      return false;
+    const ConstTensor& t = model_.tensors[it->second.tensor];
+    if (t.dtype != kFloat32 || numel(t.shape) != 1 || !t.data) return false;
+    float x;
+    std::memcpy(&x, t.data, sizeof x);
+    return x == 0.0f;
+  };
+  std::vector<uint8_t> gone(ns, 0);
+  for (size_t j = 0; j < ns; ++j) {
+    Step& s = steps_[j];
+    const OpDef& op = *s.op;
+    if (gone[j] || (op.kind != "conv" && op.kind != "fused_conv") || s.outputs.size() != 1 ||
+        s.residual != kNoValue)
+      continue;
+    auto act = op.attrs.find("activation");
+    if (act != op.attrs.end() && (act->second.kind != kAttrStr || act->second.s != "none")) continue;
+    const uint32_t v = s.outputs[0];
+    const ValueDef& vd = graph_.values[v];
+    if (vd.dtype != kFloat32) continue;
+    const int k = sole_user(v, j + 1);
+    if (k < 0 || steps_[k].op->kind != "add" || steps_[k].inputs.size() != 2 || steps_[k].outputs.size() != 1)
+      continue;
+    const uint32_t r = steps_[k].inputs[0] == v ? steps_[k].inputs[1] : steps_[k].inputs[0];
+    uint32_t out = steps_[k].outputs[0];
+    if (r == v || !same_type(graph_.values[r], vd) || !same_type(graph_.values[out], vd)) continue;
+    bool relu = false;
+    const int l = sole_user(out, k + 1);
+    if (l >= 0) {
+      const Step& a = steps_[l];
+      const bool is_relu = a.op->kind == "relu" && a.inputs.size() == 1;
+      const bool is_max0 = a.op->kind == "maximum" && a.inputs.size() == 2 && a.inputs[0] != a.inputs[1] &&
+                           is_zero(a.inputs[0] == out ? a.inputs[1] : a.inputs[0]);
+      if ((is_relu || is_max0) && a.outputs.size() == 1 && same_type(graph_.values[a.outputs[0]], vd)) {
+        relu = true;
+        out = a.outputs[0];
+        gone[l] = 1;
+      }
+    }
+    Step fused{s.op, s.kernel, s.label + (relu ? " + residual add, relu" : " + residual add"), s.inputs, {out},
+               {}, std::move(s.cache)};
+    fused.residual = r;
+    fused.relu = relu;
+    steps_[k] = std::move(fused);
+    gone[j] = 1;
+  }
+  std::vector<Step> kept;
+  kept.reserve(ns);
+  for (size_t j = 0; j < ns; ++j)
+    if (!gone[j]) kept.push_back(std::move(steps_[j]));
+  steps_ = std::move(kept);
 }
 
 // As the Python runtime's _check_symbols: every symbol of an input dim or a DIMS attribute must be
@@ -396,7 +493,10 @@ std::unique_ptr<Result> Program::run(const std::vector<Tensor>& inputs) const {
     }
   }
   for (const Step& s : steps_) {
-    KernelCall call{*s.op, env, model_, {}, {}};
+    if (s.skip) continue;
+    KernelCall call{*s.op, env, model_, {}, {}, s.cache.get(), &s.constant};
+    if (s.residual != kNoValue) call.residual = &values[s.residual];
+    call.fused_relu = s.relu;
     for (uint32_t v : s.inputs) call.in.push_back(&values[v]);
     for (uint32_t v : s.outputs) call.out.push_back(&values[v]);
     try {

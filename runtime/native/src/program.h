@@ -6,6 +6,14 @@
 // greedily by size (TFLite's planner; the NumPy backend's runtime/memory.py does the same), and
 // the plan is cached. Each call takes an arena from a pool, so concurrent calls never share
 // buffers and steady-state calls allocate nothing but their returned outputs.
+//
+// Each step also owns a StepCache (kernel.h) and knows which of its inputs are constants of the
+// file: GEMM and conv kernels pack their constant weights into the GEMM's operand layout on the
+// first call and reuse them (one packed copy per step, shared by concurrent calls).
+//
+// Residual blocks: a conv whose output only feeds `add(conv, r)`, whose result only feeds
+// `relu` or `maximum(., 0)` (or nothing more), runs as one step at the add's place, the add and
+// ReLU applied in the GEMM's tile store (ResNet's conv -> add shortcut -> ReLU).
 #pragma once
 
 #include <memory>
@@ -38,7 +46,13 @@ class Program {
     const KernelDef* kernel;
     std::string label;
     std::vector<uint32_t> inputs, outputs;  // value ids, region aliases resolved
+    std::vector<uint8_t> constant;          // per input: a constant of the file
+    std::unique_ptr<StepCache> cache;       // what its kernel derives from constant inputs
+    bool skip = false;                      // nothing to do per call (a constant checked at load)
+    uint32_t residual = kNoValue;           // a conv with add (and relu) fused: the other addend
+    bool relu = false;
   };
+  static constexpr uint32_t kNoValue = UINT32_MAX;
   struct Plan {
     std::vector<size_t> offsets;  // per arena value (index into arena_values_)
     size_t total = 0;
@@ -55,6 +69,7 @@ class Program {
   Env bind(const std::vector<Tensor>& inputs) const;
   void check_symbols() const;
   void lower(uint32_t region, int depth);
+  void fuse_residuals();
   uint32_t resolve(uint32_t v) const;
 
   const ModelDef& model_;

@@ -10,14 +10,15 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 namespace castml {
 
 inline float fast_exp(float x) {
   // plain compares and the 1.5 * 2**23 rounding trick: floor/fmin would be libm calls on
   // baseline x86-64 (no SSE4.1) and stop the loop from vectorizing
-  float v = x < -87.0f ? -87.0f : x;
-  v = v > 88.72283f ? 88.72283f : v;
+  float v = x > -87.0f ? x : -87.0f;  // NaN clamps to -87 here (no float->int UB below), and is
+  v = v < 88.72283f ? v : 88.72283f;  // returned as NaN at the end
   float n = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = v - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -26,7 +27,7 @@ inline float fast_exp(float x) {
              1.6666665459e-1f) * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
   // 2**n as 2**(n-1) * 2, so n = 128 (x just below the overflow bound) stays finite
-  int32_t bits = (static_cast<int32_t>(n) + 126) << 23;
+  int32_t bits = static_cast<int32_t>(static_cast<uint32_t>(static_cast<int32_t>(n) + 126) << 23);
   float p;
   std::memcpy(&p, &bits, sizeof p);
   float out = y * p * 2.0f;
@@ -67,5 +68,24 @@ inline float fast_erfc(float x) {
   float ans = t * fast_exp(-z * z + poly);
   return x >= 0 ? ans : 2.0f - ans;
 }
+
+// ---- float32 loops built twice (AVX-512 and baseline x86-64), picked at run time ----------------
+//
+// Why: the library is compiled for baseline x86-64 (SSE2), where these loops run 4 lanes wide at
+// best; the activation after a GEMM (GELU over a 128x1024 FFN output), softmax and layer_norm
+// rows were a third of a transformer layer's time. The AVX-512 builds run the same code 16 lanes
+// wide (defined in kernels_elementwise.cpp). Results are the same expressions in the same order
+// per element; sums over a row use more lanes (a different, not a less accurate, rounding).
+
+// The fused ops' activations (runtime/kernels/fused.py ACTIVATIONS).
+enum Activation { kActNone, kActRelu, kActSigmoid, kActTanh, kActGelu, kActGeluTanh };
+// The code of an activation name; throws a kernel error for an unknown one.
+Activation activation_code(const std::string& name);
+// y = act(y) over n contiguous floats.
+void vec_activate(float* y, int64_t n, Activation act);
+// One softmax row (shifted by its max; a NaN anywhere makes the row NaN), n contiguous floats.
+void vec_softmax_row(const float* p, float* q, int64_t n);
+// One layer_norm row: q = (p - mean) / sqrt(var + eps) * scale + bias, statistics in double.
+void vec_layer_norm_row(const float* p, float* q, int64_t n, double eps, const float* scale, const float* bias);
 
 }  // namespace castml
