@@ -37,6 +37,7 @@ from .session import TensorInfo, match_arguments
 _DTYPES = {1: np.bool_, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.uint8, 7: np.uint16,
            8: np.uint32, 9: np.uint64, 10: np.float16, 11: np.float32, 12: np.float64}
 _CODES = {np.dtype(t): c for c, t in _DTYPES.items()}
+_NP_DTYPES = {c: np.dtype(t) for c, t in _DTYPES.items()}
 
 
 class NativeUnavailableError(CastmlError):
@@ -50,6 +51,16 @@ class NativeUnsupportedError(ModelFormatError):
 class _CTensor(ctypes.Structure):
     _fields_ = [("dtype", ctypes.c_int32), ("rank", ctypes.c_int32), ("shape", ctypes.POINTER(ctypes.c_int64)),
                 ("data", ctypes.c_void_p)]
+
+
+_SHAPE_TYPES = [ctypes.c_int64 * max(r, 1) for r in range(65)]  # per rank (the loader caps rank far lower)
+
+
+def _address(arr: np.ndarray) -> int:
+    """The data address of a C-contiguous array (`arr.ctypes.data` costs ~4x more)."""
+    if arr.flags.writeable and arr.nbytes:
+        return ctypes.addressof(ctypes.c_char.from_buffer(arr))
+    return arr.ctypes.data
 
 
 class _CLimits(ctypes.Structure):
@@ -255,6 +266,7 @@ class _EntryInfo:
     def __init__(self, name: str, d: dict):
         self.name = name
         self.bname = name.encode()
+        self.in_array_type = _CTensor * max(len(d["inputs"]), 1)
         self.inputs = [TensorInfo(t["name"], np.dtype(t["dtype"]), tuple(t["shape"])) for t in d["inputs"]]
         self.outputs = [TensorInfo(t["name"], np.dtype(t["dtype"]), tuple(t["shape"])) for t in d["outputs"]]
         self.in_tree = pytree.treedef_from_json(d["in_tree"])
@@ -324,33 +336,38 @@ class NativeSession:
     def _run_flat(self, leaves: list) -> list[np.ndarray]:
         """Run on the flat input leaves; returns the flat outputs."""
         e = self._entry
-        if len(leaves) != len(e.inputs):
-            raise RuntimeInputError(f"expected {len(e.inputs)} inputs, got {len(leaves)}")
-        arrays, tensors = [], (_CTensor * max(len(leaves), 1))()
+        n = len(leaves)
+        if n != len(e.inputs):
+            raise RuntimeInputError(f"expected {len(e.inputs)} inputs, got {n}")
+        keep, tensors = [], e.in_array_type()
         for k, (info, a) in enumerate(zip(e.inputs, leaves)):
-            arr = np.asarray(a)
-            if arr.dtype != info.dtype and _safe_scalar(a, arr, info.dtype):
-                arr = arr.astype(info.dtype)
-            if arr.dtype not in _CODES:
-                raise RuntimeInputError(f"input {info.name!r}: unsupported dtype {arr.dtype}")
-            if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
-                arr = np.ascontiguousarray(arr)
-            shape = (ctypes.c_int64 * max(arr.ndim, 1))(*arr.shape)
-            arrays.append((arr, shape))
-            tensors[k] = _CTensor(_CODES[arr.dtype], arr.ndim, shape, arr.ctypes.data)
+            arr = a
+            if type(a) is not np.ndarray or a.dtype != info.dtype or not a.flags.c_contiguous:
+                arr = np.asarray(a)
+                if arr.dtype != info.dtype and _safe_scalar(a, arr, info.dtype):
+                    arr = arr.astype(info.dtype)
+                if arr.dtype not in _CODES:
+                    raise RuntimeInputError(f"input {info.name!r}: unsupported dtype {arr.dtype}")
+                if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+                    arr = np.ascontiguousarray(arr)
+            shape = _SHAPE_TYPES[arr.ndim](*arr.shape)
+            keep.append((arr, shape))
+            t = tensors[k]
+            t.dtype, t.rank, t.shape, t.data = _CODES[arr.dtype], arr.ndim, shape, _address(arr)
         lib = self._model.lib
         _push_limits(lib)
-        res = lib.castml_run(self._model.handle, e.bname, len(leaves), tensors)
+        res = lib.castml_run(self._model.handle, e.bname, n, tensors)
         if not res:
             _raise_last(lib, "castml_run")
         # outputs are zero-copy views of the result's buffers, which live until the last view dies
         holder = _Result(lib, res)
         outs = []
         t = _CTensor()
+        ref = ctypes.byref(t)
         for k in range(lib.castml_result_count(res)):
-            lib.castml_result_get(res, k, ctypes.byref(t))
-            shape = tuple(t.shape[d] for d in range(t.rank))
-            dtype = np.dtype(_DTYPES[t.dtype])
+            lib.castml_result_get(res, k, ref)
+            shape = tuple(t.shape[:t.rank])
+            dtype = _NP_DTYPES[t.dtype]
             nbytes = math.prod(shape) * dtype.itemsize
             if nbytes:
                 buf = (ctypes.c_char * nbytes).from_address(t.data)
