@@ -2,7 +2,9 @@
 
 Importing this package attaches one VJP rule to every differentiable op's registry entry
 (`ir.get_op(kind).vjp`), one module per op family (`rules_*.py`); `vjp.py` holds the graph
-transformation; the rules of ops with regions (if/loop) are in `rules_control.py`.
+transformation; the rules of ops with regions (if/loop) are in `rules_control.py`;
+`shared_forward.py` re-expresses forward ops whose intermediates the backward reuses (float32
+exact gelu: Phi(x) is computed once).
 
 >>> import tracer, ir
 >>> float(ir.interpret(ir.grad(tracer.trace(lambda x: x ** 2, 2.0)), 2.0))

@@ -284,11 +284,15 @@ def _log_softmax(b: Builder, op: Op, cts: list) -> list:
 
 
 def _normalized(b: Builder, x: Value, axes: tuple, eps: float) -> tuple[Value, Value]:
-    """(x̂, 1/σ) over `axes` (keepdims), as the normalization kernels compute them."""
+    """(x̂, 1/σ) over `axes` (keepdims), as the normalization kernels compute them.
+
+    1/σ is taken as sqrt(1/(var + eps)), not 1/sqrt(var + eps): the pattern pass of
+    `ir.optimize` turns (x - mean) * (1/sqrt(var + eps)) into a `layer_norm` op, whose kernel
+    would compute the mean and variance a second time; here x̂ costs one multiplication."""
     mean = b.op("reduce_mean", x, axes=axes, keepdims=True)
     xc = b.sub(x, mean)
     var = b.op("reduce_mean", b.mul(xc, xc), axes=axes, keepdims=True)
-    rstd = b.op("reciprocal", b.op("sqrt", b.add(var, eps)))
+    rstd = b.op("sqrt", b.op("reciprocal", b.add(var, eps)))
     return b.mul(xc, rstd), rstd
 
 

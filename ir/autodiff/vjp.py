@@ -22,7 +22,8 @@ from ..graph import Graph, Op, Value
 from ..passes.dce import eliminate_dead_code
 from ..printer import format_op
 from ..registry import get_op
-from .rules_common import AutodiffError, Builder, is_float
+from .rules_common import AutodiffError, Builder, Rule, is_float
+from .shared_forward import share_gelu_cdf
 
 
 def captured_values(op: Op) -> list[Value]:
@@ -83,9 +84,11 @@ def _active_values(ops: Sequence[Op], wanted: Sequence[Value]) -> set[int]:
 
 
 def backpropagate(b: Builder, ops: Sequence[Op], seeds: Sequence[tuple[Value, Value]],
-                  wanted: Sequence[Value]) -> dict[int, Value]:
+                  wanted: Sequence[Value], overrides: dict[int, Rule] | None = None) -> dict[int, Value]:
     """Run the rules of `ops` in reverse from `seeds` ((value, cotangent) pairs); returns the
-    accumulated cotangent of every active value by id (those of `wanted` among them)."""
+    accumulated cotangent of every active value by id (those of `wanted` among them).
+    `overrides` maps the id of an op to the rule to use for it instead of its kind's (see
+    `shared_forward`)."""
     active = _active_values(ops, wanted)
     cts: dict[int, Value] = {}
 
@@ -107,12 +110,13 @@ def backpropagate(b: Builder, ops: Sequence[Op], seeds: Sequence[tuple[Value, Va
         d = get_op(op.kind)
         if not d.differentiable:
             continue
-        if d.vjp is None:
+        rule = overrides.get(id(op)) if overrides else None
+        if rule is None and d.vjp is None:
             raise AutodiffError(f"no gradient rule for op {op.kind!r} in `{format_op(op)}`"
                                 + (f" ({op.loc})" if op.loc else ""))
         b.loc = op.loc
         b.active = active  # rules of ops with regions skip captured values nothing wanted depends on
-        in_cts = d.vjp(b, op, out_cts)
+        in_cts = (rule or d.vjp)(b, op, out_cts)
         for v, ct in zip(args, in_cts):
             if ct is not None and id(v) in active:
                 accumulate(v, ct)
@@ -163,15 +167,16 @@ def vjp(g: Graph) -> Graph:
     (6.0, 3.0, 2.0)
     """
     fg = g.copy()
+    args = [v for v in fg.inputs if is_float(v)]
+    overrides = share_gelu_cdf(fg, _active_values(fg.ops, args))
     forward = list(fg.ops)
     outs = list(fg.outputs)
     ct_name = _unique_name(fg, "cotangent")
     ct_tree = _mask_tree(g.out_tree, [is_float(v) for v in outs])
     float_outs = [v for v in outs if is_float(v)]
     ct_inputs = [Value(v.type, path) for v, path in zip(float_outs, pytree.leaf_paths(ct_tree, ct_name))]
-    args = [v for v in fg.inputs if is_float(v)]
     b = Builder(fg)
-    cts = backpropagate(b, forward, list(zip(float_outs, ct_inputs)), args)
+    cts = backpropagate(b, forward, list(zip(float_outs, ct_inputs)), args, overrides)
     grads = [cts[id(v)] if id(v) in cts else b.zeros(v.type) for v in args]
     in_tree = ("tuple", _arg_trees(g) + (ct_tree,))
     grad_tree = ("tuple", tuple(_mask_tree(t, [is_float(v) for v in leaves])
@@ -207,7 +212,6 @@ def grad(g: Graph, wrt: int | Sequence[int] = 0, output: int = 0, with_value: bo
     [5.0, 3.0]
     """
     fg = g.copy()
-    forward = list(fg.ops)
     leaves = list(fg.outputs)
     if not 0 <= output < len(leaves):
         raise AutodiffError(f"grad: output={output} is out of range; the graph has {len(leaves)} output leaves "
@@ -230,9 +234,12 @@ def grad(g: Graph, wrt: int | Sequence[int] = 0, output: int = 0, with_value: bo
                 raise AutodiffError(f"grad: argument {path!r} has type {v.type}; gradients are only defined "
                                     "for floating-point inputs (leave it out of wrt, or cast it to float)")
         chosen.append((tree, vals))
-    b = Builder(fg)
     wanted = [v for _, vals in chosen for v in vals]
-    cts = backpropagate(b, forward, [(y, b.const(1.0, y.dtype))], wanted)
+    overrides = share_gelu_cdf(fg, _active_values(fg.ops, wanted))
+    forward = list(fg.ops)
+    y = fg.outputs[output]
+    b = Builder(fg)
+    cts = backpropagate(b, forward, [(y, b.const(1.0, y.dtype))], wanted, overrides)
     grad_leaves = [cts[id(v)] if id(v) in cts else b.zeros(v.type) for v in wanted]
     trees = tuple(t for t, _ in chosen)
     grad_tree = trees[0] if isinstance(wrt, int) else ("tuple", trees)

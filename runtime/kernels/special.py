@@ -63,6 +63,7 @@ _ERFC32_MID = (
     4.6078665036475286e-05, -2.8029382519889623e-05, -1.149486251961207e-06,
 )
 _SIGN32 = np.int32(-(2**31))
+_ONE32_BITS = np.int32(0x3F800000)  # the bits of float32 1.0
 # Zeroing the low 27 of the 52 mantissa bits leaves 26 significant bits, so hi*hi is exact.
 _SPLIT_MASK = np.uint64(0xFFFFFFFFF8000000)
 
@@ -190,16 +191,24 @@ def _erf32(v: np.ndarray) -> np.ndarray:
     at = np.clip(a, 1.0, 4.0)  # nan stays nan; inf -> 4, where erf rounds to 1
     s = 12.0 / (at + 2.0)
     s -= 3.0
-    tail = np.exp(-(at * at))
+    tail = np.multiply(at, at, out=at)
+    np.negative(tail, out=tail)
+    np.exp(tail, out=tail)
     tail *= _horner(_ERFC32_MID, s)
     np.subtract(1.0, tail, out=tail)
-    # small where |v| < 1, else the tail with v's sign, selected on the bits
-    pick = (a < 1.0).view(np.int8).astype(np.int32)
-    np.negative(pick, out=pick)
-    bits = tail.view(np.int32) | (v.view(np.int32) & _SIGN32)
-    bits &= ~pick
-    bits |= small.view(np.int32) & pick
-    return bits.view(np.float32)
+    # small where |v| < 1, else the tail with v's sign, selected on the bits (in place, no
+    # temporaries): pick is all ones where the bits of |v| are below those of 1.0 (nan's are
+    # above), from the sign of their difference; then small = tail ^ ((small ^ tail) & pick)
+    pick = a.view(np.int32)
+    pick -= _ONE32_BITS
+    pick >>= 31
+    tail_bits = tail.view(np.int32)
+    tail_bits |= v.view(np.int32) & _SIGN32
+    bits = small.view(np.int32)
+    bits ^= tail_bits
+    bits &= pick
+    bits ^= tail_bits
+    return small
 
 
 def erfc(x: np.ndarray) -> np.ndarray:
