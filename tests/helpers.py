@@ -56,12 +56,18 @@ def assert_agree(got, ref, dtype=None) -> None:
 
 def build_native() -> str:
     """Build (or find up to date) the native runtime and check it loads; a failure fails the test
-    that needs it (CI has cmake and g++), it is never skipped. Returns the library's path."""
+    that needs it (CI has cmake and g++), it is never skipped. Returns the library's path.
+    With $CASTML_NATIVE_LIB set, that library is used as it is."""
+    import os
+
     import pytest
 
     from runtime import native_backend
     from runtime.native.build import NativeBuildError, build
 
+    if os.environ.get("CASTML_NATIVE_LIB"):  # a library built elsewhere (e.g. a side build tree)
+        assert native_backend.available(), f"$CASTML_NATIVE_LIB={os.environ['CASTML_NATIVE_LIB']} does not load"
+        return native_backend.library_path()
     try:
         path = build()
     except NativeBuildError as e:

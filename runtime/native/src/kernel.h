@@ -109,6 +109,8 @@ void register_shape(KernelTable& t);
 void register_reduce(KernelTable& t);
 void register_nn(KernelTable& t);
 void register_linalg(KernelTable& t);
+void register_extra(KernelTable& t);   // kernels_extra.cpp: layout, scatter-style updates, one_hot, prelu, lrn, ...
+void register_random(KernelTable& t);  // kernels_random.cpp: counter-based random ops, einsum
 
 // Helpers for checks.
 DType value_dtype(const GraphDef& g, uint32_t v);

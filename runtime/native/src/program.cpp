@@ -20,6 +20,8 @@ const KernelTable& kernels() {
     register_reduce(t);
     register_nn(t);
     register_linalg(t);
+    register_extra(t);
+    register_random(t);
     return t;
   }();
   return table;
