@@ -86,8 +86,8 @@ CASTML_API int castml_last_error_kind(void);
 /* Resource limits for untrusted files: the fields, meanings, defaults and messages of
  * runtime/limits.py. Load time (CASTML_ERR_FORMAT): max_file_bytes, max_rank, max_ops,
  * max_region_depth. Run time (CASTML_ERR_INPUT, checked before allocating): max_tensor_bytes
- * (one value), max_intermediate_bytes (values alive at once), max_loop_iterations (no native
- * op loops yet). Process-wide; initialised from the environment variables CASTML_MAX_<FIELD>
+ * (one value), max_intermediate_bytes (values alive at once), max_loop_iterations (trips of
+ * one `loop` op). Process-wide; initialised from the environment variables CASTML_MAX_<FIELD>
  * (e.g. CASTML_MAX_TENSOR_BYTES=1_000_000) on first use, like the Python runtime. A load reads
  * the limits in force when it starts, a run those in force when it starts. */
 typedef struct {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "f16.h"
 #include "kernel.h"
 #include "loops.h"
 #include "vecmath.h"
@@ -62,6 +63,7 @@ void convert(const void* src, DType from, void* dst, DType to, int64_t n) {
     std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(from));
     return;
   }
+  if (from == kFloat16 || to == kFloat16) return convert_f16(src, from, dst, to, n);  // f16.cpp
   dispatch_all(from, [&](auto f) {
     using F = decltype(f);
     dispatch_all(to, [&](auto t) {

@@ -7,6 +7,8 @@
 #include <numeric>
 #include <set>
 
+#include "f16.h"
+
 namespace castml {
 
 // ---- kernel table and call helpers -----------------------------------------------------------
@@ -140,7 +142,8 @@ bool same_type(const ValueDef& a, const ValueDef& b) {
 }  // namespace
 
 uint32_t Program::resolve(uint32_t v) const {
-  while (alias_[v] != v) v = alias_[v];
+  const std::vector<uint32_t>& alias = root_->alias_;
+  while (alias[v] != v) v = alias[v];
   return v;
 }
 
@@ -159,33 +162,38 @@ void Program::lower(uint32_t k, int depth) {
       for (size_t i = 0; i < r.inputs.size(); ++i) {
         if (!same_type(graph_.values[r.inputs[i]], graph_.values[op.inputs[i]]))
           fail(kFormatError, label + ": region input " + std::to_string(i) + " and op input differ in type");
-        alias_[r.inputs[i]] = resolve(op.inputs[i]);
+        root_->alias_[r.inputs[i]] = resolve(op.inputs[i]);
       }
       lower(op.regions[0], depth + 1);
       for (size_t i = 0; i < r.outputs.size(); ++i) {
         if (!same_type(graph_.values[r.outputs[i]], graph_.values[op.outputs[i]]))
           fail(kFormatError, label + ": region output " + std::to_string(i) + " and op output differ in type");
-        alias_[op.outputs[i]] = resolve(r.outputs[i]);
+        root_->alias_[op.outputs[i]] = resolve(r.outputs[i]);
       }
+      continue;
+    }
+    if (op.kind == "if" || op.kind == "loop") {
+      lower_control(op, label);  // control.cpp
       continue;
     }
     auto it = kernels().find(op.kind);
     if (it == kernels().end() || !op.regions.empty())
       fail(kUnsupportedError, "unknown op kind '" + op.kind + "' (no kernel in the native runtime): " + label);
-    if (it->second.check) {
-      try {
-        it->second.check(op, graph_);
-      } catch (const Error& e) {
-        fail(kUnsupportedError, e.message + ": " + label);
-      }
+    const KernelDef* kernel = &it->second;
+    try {
+      kernel = checked_kernel(op, graph_, it->second);  // f16.cpp: the kernel's check; float16 ops
+    } catch (const Error& e) {
+      fail(kUnsupportedError, e.message + ": " + label);
     }
-    Step step{&op, &it->second, label, {}, op.outputs, {}, std::make_unique<StepCache>()};
+    Step step{&op, kernel, label, {}, op.outputs, {}, std::make_unique<StepCache>()};
     for (uint32_t v : op.inputs) step.inputs.push_back(resolve(v));
     steps_.push_back(std::move(step));
   }
 }
 
-Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), graph_(graph) {
+Program::~Program() = default;
+
+Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), graph_(graph), root_(this) {
   const RegionDef& body = graph.regions[0];
   size_t nv = graph.values.size();
   storage_.assign(nv, kUnusedValue);
@@ -195,9 +203,14 @@ Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), 
   for (uint32_t v = 0; v < nv; ++v) alias_[v] = v;
   for (uint32_t v : body.inputs) storage_[v] = kInputValue;
   lower(0, 0);
-  check_symbols();
+  std::set<std::string> bound;
+  for (uint32_t v : body.inputs)
+    for (const Dim& d : graph_.values[v].shape)
+      if (d.is_symbol()) bound.insert(d.text);
+  check_symbols(bound);
   for (uint32_t v : body.outputs) outputs_.push_back(resolve(v));
   fuse_residuals();
+  mark_dynamic();
   std::vector<int> first(nv, -1), last(nv, -1);
   for (size_t j = 0; j < steps_.size(); ++j) {
     const Step& s = steps_[j];
@@ -205,9 +218,10 @@ Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), 
     int step = static_cast<int>(j);
     for (uint32_t v : s.inputs) last[v] = step;
     if (s.residual != kNoValue) last[s.residual] = step;
-    for (uint32_t v : s.outputs) {
+    for (size_t k = 0; k < s.outputs.size(); ++k) {
+      uint32_t v = s.outputs[k];
       first[v] = last[v] = step;
-      storage_[v] = kArenaValue;
+      storage_[v] = !s.dynamic.empty() && s.dynamic[k] ? kDynamicValue : kArenaValue;
     }
     if (op.kind == "constant") {
       auto value = op.attrs.find("value");
@@ -235,6 +249,7 @@ Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), 
     arena_values_.push_back(v);
     live_.emplace_back(first[v], last[v]);
   }
+  build_regions();  // control.cpp: after const_data_ is complete (regions read it)
 }
 
 // conv -> add(., r) -> relu / maximum(., 0) chains (see program.h) become one conv step placed
@@ -314,14 +329,11 @@ void Program::fuse_residuals() {
 }
 
 // As the Python runtime's _check_symbols: every symbol of an input dim or a DIMS attribute must be
-// bound by a bare-symbol input dim (a malformed file otherwise). Op outputs whose sizes depend on
-// data (fresh symbols) are beyond this runtime.
-void Program::check_symbols() const {
-  const RegionDef& body = graph_.regions[0];
-  std::set<std::string> bound;
-  for (uint32_t v : body.inputs)
-    for (const Dim& d : graph_.values[v].shape)
-      if (d.is_symbol()) bound.insert(d.text);
+// bound by a bare-symbol input dim (a malformed file otherwise), or by an earlier `if`/`loop`,
+// whose outputs bind their unbound bare-symbol dims when they have run (dynamic symbols). Other
+// op outputs whose sizes depend on data (fresh symbols) are beyond this runtime. `bound`: the
+// symbols bound when this program starts.
+void Program::check_symbols(std::set<std::string> bound) {
   auto unbound = [&](const std::vector<Dim>& dims) {
     std::set<std::string> syms;
     for (const Dim& d : dims) d.symbols(&syms);
@@ -330,22 +342,46 @@ void Program::check_symbols() const {
       if (!bound.count(s)) out += (out.empty() ? "'" : ", '") + s + "'";
     return out;
   };
-  for (uint32_t v : body.inputs) {
-    std::string u = unbound(graph_.values[v].shape);
-    if (!u.empty()) fail(kFormatError, "input dim of value " + std::to_string(v) + " uses symbols [" + u +
-                                           "] that no input binds");
+  if (this == root_) {
+    for (uint32_t v : graph_.regions[0].inputs) {
+      std::string u = unbound(graph_.values[v].shape);
+      if (!u.empty()) fail(kFormatError, "input dim of value " + std::to_string(v) + " uses symbols [" + u +
+                                             "] that no input binds");
+    }
   }
-  for (const Step& s : steps_) {
+  for (Step& s : steps_) {
+    bool control = s.kernel == nullptr;  // `if` / `loop`: their `fresh` attribute names what they bind
     for (const auto& [name, a] : s.op->attrs) {
-      std::string u = a.kind == kAttrDims ? unbound(a.dims) : "";
+      std::string u = a.kind == kAttrDims && !control ? unbound(a.dims) : "";
       if (!u.empty())
         fail(kFormatError, s.label + ": attribute '" + name + "' uses symbols [" + u + "] that are not bound before it runs");
     }
-    for (uint32_t v : s.outputs) {
-      std::string u = unbound(graph_.values[v].shape);
+    if (control) s.bound_before = bound;
+    for (size_t k = 0; k < s.outputs.size(); ++k) {
+      const std::vector<Dim>& shape = graph_.values[s.outputs[k]].shape;
+      for (size_t a = 0; control && a < shape.size(); ++a) {
+        if (!shape[a].is_symbol() || bound.count(shape[a].text)) continue;
+        s.fresh.emplace_back(k, a, shape[a].text);
+        bound.insert(shape[a].text);
+        dynamic_symbols_.insert(shape[a].text);
+      }
+      std::string u = unbound(shape);
       if (!u.empty())
         fail(kUnsupportedError, s.label + ": a data-dependent size (symbols [" + u +
                                     "]) is not supported by the native runtime");
+    }
+  }
+}
+
+void Program::mark_dynamic() {
+  if (dynamic_symbols_.empty()) return;
+  for (Step& s : steps_) {
+    s.dynamic.assign(s.outputs.size(), 0);
+    if (s.op->kind == "constant") continue;  // its data is the file's
+    for (size_t k = 0; k < s.outputs.size(); ++k) {
+      std::set<std::string> syms;
+      for (const Dim& d : graph_.values[s.outputs[k]].shape) d.symbols(&syms);
+      for (const std::string& name : syms) s.dynamic[k] |= dynamic_symbols_.count(name) ? 1 : 0;
     }
   }
 }
@@ -450,52 +486,37 @@ void Program::give_arena(std::unique_ptr<Arena> a) const {
   if (arenas_.size() < 8) arenas_.push_back(std::move(a));
 }
 
-std::unique_ptr<Result> Program::run(const std::vector<Tensor>& inputs) const {
-  Env env = bind(inputs);
-  const RegionDef& body = graph_.regions[0];
-  size_t nv = graph_.values.size();
-  std::vector<Tensor> values(nv);
-  auto result = std::make_unique<Result>();
-  // declared shapes of everything the steps define, with this call's symbols
-  std::vector<size_t> sizes(arena_values_.size());
-  for (const Step& s : steps_) {
-    for (uint32_t v : s.outputs) {
-      Tensor& t = values[v];
-      t.dtype = graph_.values[v].dtype;
-      t.shape.clear();
-      int64_t count = 1;
-      for (const Dim& d : graph_.values[v].shape) {
-        int64_t n = d.eval(env);
-        if (n < 0 || __builtin_mul_overflow(count, n, &count))
-          fail(kInputError, "value %" + std::to_string(v) + " would have dim " + std::to_string(n) +
-                                " with these inputs (" + s.label + ")");
-        t.shape.push_back(n);
-      }
-      if (static_cast<unsigned __int128>(count) * dtype_size(t.dtype) > (static_cast<unsigned __int128>(1) << 40))
-        fail(kInputError, "value %" + std::to_string(v) + " would need more than 1 TiB (" + s.label + ")");
-      if (arena_index_[v] >= 0) sizes[arena_index_[v]] = t.nbytes();
-    }
+void Program::shape_value(Tensor& t, uint32_t v, const Env& env, const std::string& label) const {
+  t.dtype = graph_.values[v].dtype;
+  t.shape.clear();
+  int64_t count = 1;
+  for (const Dim& d : graph_.values[v].shape) {
+    int64_t n = d.eval(env);
+    if (n < 0 || __builtin_mul_overflow(count, n, &count))
+      fail(kInputError, "value %" + std::to_string(v) + " would have dim " + std::to_string(n) + " with these inputs (" +
+                            label + ")");
+    t.shape.push_back(n);
   }
-  for (size_t k = 0; k < body.inputs.size(); ++k) values[body.inputs[k]] = inputs[k];
-  std::shared_ptr<const Plan> plan = plan_for(sizes);
-  std::unique_ptr<Arena> arena = take_arena(plan->total);
-  struct ArenaReturn {  // the arena goes back to the pool however the call ends
-    const Program* p;
-    std::unique_ptr<Arena>* a;
-    ~ArenaReturn() { p->give_arena(std::move(*a)); }
-  } give_back{this, &arena};
-  char* base = static_cast<char*>(arena->data);
-  for (size_t k = 0; k < arena_values_.size(); ++k) values[arena_values_[k]].data = base + plan->offsets[k];
-  for (uint32_t v = 0; v < nv; ++v) {
-    if (storage_[v] == kConstValue) {
-      values[v].data = const_cast<void*>(const_data_[v]);
-    } else if (storage_[v] == kOutputValue) {
-      values[v].data = aligned_malloc(values[v].nbytes());
-      result->owned.push_back(values[v].data);
-    }
-  }
+  if (static_cast<unsigned __int128>(count) * dtype_size(t.dtype) > (static_cast<unsigned __int128>(1) << 40))
+    fail(kInputError, "value %" + std::to_string(v) + " would need more than 1 TiB (" + label + ")");
+}
+
+void Program::exec(std::vector<Tensor>& values, Env& env, std::vector<void*>& dynamic) const {
   for (const Step& s : steps_) {
     if (s.skip) continue;
+    if (s.kernel == nullptr) {  // `if` / `loop` (control.cpp): errors inside say where already
+      if (s.op->kind == "if")
+        run_if(s, values, env, dynamic);
+      else
+        run_loop(s, values, env, dynamic);
+      continue;
+    }
+    for (size_t k = 0; k < s.dynamic.size(); ++k) {
+      if (!s.dynamic[k]) continue;
+      Tensor& t = values[s.outputs[k]];
+      shape_value(t, s.outputs[k], env, s.label);
+      allocate_dynamic(t, s.label, dynamic);
+    }
     KernelCall call{*s.op, env, model_, {}, {}, s.cache.get(), &s.constant};
     if (s.residual != kNoValue) call.residual = &values[s.residual];
     call.fused_relu = s.relu;
@@ -509,7 +530,52 @@ std::unique_ptr<Result> Program::run(const std::vector<Tensor>& inputs) const {
       fail(kKernelError, "while executing " + s.label + ": " + e.what());
     }
   }
-  // outputs: returned buffers are handed over; inputs, constants and repeats are copied
+}
+
+std::unique_ptr<Result> Program::run(const std::vector<Tensor>& inputs) const {
+  Env env = bind(inputs);
+  const RegionDef& body = graph_.regions[0];
+  size_t nv = graph_.values.size();
+  std::vector<Tensor> values(nv);
+  auto result = std::make_unique<Result>();
+  // declared shapes of everything the steps define, with this call's symbols (dynamic values:
+  // when their step runs)
+  std::vector<size_t> sizes(arena_values_.size());
+  for (const Step& s : steps_) {
+    for (size_t k = 0; k < s.outputs.size(); ++k) {
+      uint32_t v = s.outputs[k];
+      if (!s.dynamic.empty() && s.dynamic[k]) continue;
+      shape_value(values[v], v, env, s.label);
+      if (arena_index_[v] >= 0) sizes[arena_index_[v]] = values[v].nbytes();
+    }
+  }
+  for (size_t k = 0; k < body.inputs.size(); ++k) values[body.inputs[k]] = inputs[k];
+  std::shared_ptr<const Plan> plan = plan_for(sizes);
+  std::unique_ptr<Arena> arena = take_arena(plan->total);
+  struct ArenaReturn {  // the arena goes back to the pool however the call ends
+    const Program* p;
+    std::unique_ptr<Arena>* a;
+    ~ArenaReturn() { p->give_arena(std::move(*a)); }
+  } give_back{this, &arena};
+  struct Dynamic {  // dynamic values' buffers, freed however the call ends
+    std::vector<void*> buffers;
+    ~Dynamic() {
+      for (void* p : buffers) std::free(p);
+    }
+  } dynamic;
+  char* base = static_cast<char*>(arena->data);
+  for (size_t k = 0; k < arena_values_.size(); ++k) values[arena_values_[k]].data = base + plan->offsets[k];
+  for (uint32_t v = 0; v < nv; ++v) {
+    if (storage_[v] == kConstValue) {
+      values[v].data = const_cast<void*>(const_data_[v]);
+    } else if (storage_[v] == kOutputValue) {
+      values[v].data = aligned_malloc(values[v].nbytes());
+      result->owned.push_back(values[v].data);
+    }
+  }
+  exec(values, env, dynamic.buffers);
+  // outputs: returned buffers are handed over; inputs, constants, dynamic values and repeats
+  // are copied
   std::vector<uint8_t> handed(nv, 0);
   for (uint32_t v : outputs_) {
     Tensor t = values[v];
