@@ -216,3 +216,109 @@ def test_einsum_size_mismatch_is_a_kernel_error():
 def test_native_has_these_kernels():
     # test_native.py's exhaustive-coverage test lists the kinds it exercises; these are covered here
     assert {"random_bits", "random_uniform", "random_normal", "einsum"} <= set(nb.kernel_names())
+
+
+# ---- einsum through GEMM (float32/float64 pairs shaped as a batched matrix product) ----------
+# Shapes are large enough for the GEMM path (m*n*k >= 4096 per product, m or n >= 8, n > 1):
+# operands read in place or packed (transposed operands, diagonals, intermediates), C written in
+# place, transposed (C^T = B^T A^T) or permuted afterwards; batch labels anywhere, broadcast.
+GEMM_CASES = [
+    ("ij,jk->ik", [(40, 30), (30, 50)]),
+    ("ij,jk->ki", [(40, 30), (30, 50)]),  # C^T: the operands swap roles
+    ("ji,jk->ik", [(30, 40), (30, 50)]),  # A transposed: packed
+    ("ij,kj->ik", [(40, 30), (50, 30)]),  # B transposed: packed
+    ("ji,kj->ki", [(30, 40), (50, 30)]),
+    ("bij,bjk->bik", [(3, 20, 16), (3, 16, 24)]),
+    ("bij,bjk->ibk", [(3, 20, 16), (3, 16, 24)]),  # batch between m and n in C
+    ("ibj,bjk->bki", [(20, 3, 16), (3, 16, 24)]),  # batch in different positions
+    ("bhqd,bhkd->bhqk", [(2, 3, 17, 16), (2, 3, 19, 16)]),  # attention scores
+    ("bhqk,bhkd->bhqd", [(2, 3, 17, 19), (2, 3, 19, 16)]),
+    ("bij,bjk->bik", [(1, 20, 16), (4, 16, 24)]),  # batch broadcast from size 1
+    ("bij,bjk->bik", [(4, 20, 16), (1, 16, 24)]),
+    ("bij,jk->bik", [(4, 20, 16), (16, 24)]),  # m = (b, i) read as one dim
+    ("ijk,jkl->il", [(10, 6, 8), (6, 8, 12)]),  # k = (j, k) read as one dim
+    ("ijk,kjl->il", [(10, 6, 8), (8, 6, 12)]),  # k in different orders: packed
+    ("ikj,jl->ilk", [(10, 12, 16), (16, 9)]),  # neither C layout fits: permuted afterwards
+    ("iij,jk->ik", [(20, 20, 30), (30, 40)]),  # a diagonal read in place
+    ("ij,jk->ik", [(40, 0), (0, 50)]),  # k = 0: zeros
+    ("ij,jk->ik", [(0, 30), (30, 50)]),  # m = 0
+    ("ij,jk->ik", [(40, 30), (30, 0)]),  # n = 0
+    ("bij,bjk->bik", [(0, 20, 16), (0, 16, 24)]),
+    ("ab,bc,cd->ad", [(30, 40), (40, 50), (50, 20)]),  # an intermediate from GEMM feeds GEMM
+    ("ab,bc,cd->da", [(30, 40), (40, 50), (50, 20)]),
+    ("abc,cd,bd->ab", [(20, 9, 16), (16, 30), (9, 30)]),
+    ("a,ab,bc->ac", [(30,), (30, 40), (40, 50)]),  # loop-path intermediate (A) packed into GEMM
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eq,shapes", GEMM_CASES)
+def test_einsum_gemm_path_matches_numpy(eq, shapes, dtype):
+    arrays = _arrays(shapes, dtype, np.random.default_rng(7))
+    native, ref = _einsum_both(eq, arrays)
+    got = native.run(*arrays)
+    assert_agree(got, ref.run(*arrays))
+    assert_agree(got, np.asarray(np.einsum(eq, *arrays)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_random_gemm_shaped_einsums_match_numpy(data):
+    # b: batch, i: only in x, k: only in y, j and J: summed; each operand's dims and the output in
+    # any order, any of them may be 0 or 1 (size 1 in one operand: broadcast)
+    size = {"b": data.draw(st.sampled_from([0, 1, 2, 3])), "i": data.draw(st.sampled_from([0, 1, 5, 9, 17])),
+            "k": data.draw(st.sampled_from([0, 1, 8, 12, 20])), "j": data.draw(st.sampled_from([0, 1, 6, 16, 33])),
+            "J": data.draw(st.sampled_from([1, 2, 3]))}
+    use_b, use_J = data.draw(st.booleans()), data.draw(st.booleans())
+    xs, ys, outs = "ij" + "b" * use_b + "J" * use_J, "jk" + "b" * use_b + "J" * use_J, "ik" + "b" * use_b
+    xs, ys = "".join(data.draw(st.permutations(xs))), "".join(data.draw(st.permutations(ys)))
+    out = "".join(data.draw(st.permutations(outs)))
+    bx = data.draw(st.booleans()) and use_b
+    shapes = [tuple(1 if ch == "b" and bx else size[ch] for ch in xs), tuple(size[ch] for ch in ys)]
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    arrays = _arrays(shapes, dtype, np.random.default_rng(data.draw(st.integers(0, 2**16))))
+    eq = f"{xs},{ys}->{out}"
+    native, ref = _einsum_both(eq, arrays)
+    got = native.run(*arrays)
+    assert_agree(got, ref.run(*arrays))
+    assert_agree(got, np.asarray(np.einsum(eq, *arrays)))
+
+
+def test_einsum_gemm_path_with_symbolic_batch():
+    rng = np.random.default_rng(1)
+    spec = tracer.TensorSpec(("batch", 20, 16), np.float32)
+    for eq, w_shape in (("bij,jk->bik", (16, 24)), ("bij,jk->kbi", (16, 24)), ("bij,kj->bki", (24, 16))):
+        g = tracer.trace(lambda x, w, eq=eq: np.einsum(eq, x, w), spec, np.ones(w_shape, np.float32))
+        native, ref = _both(g)
+        (w,) = _arrays([w_shape], np.float32, rng)
+        for b in (0, 1, 5):
+            (x,) = _arrays([(b, 20, 16)], np.float32, rng)
+            assert_agree(native.run(x, w), ref.run(x, w))
+    both = tracer.TensorSpec(("batch", 20, 16), np.float64), tracer.TensorSpec(("batch", 16, 24), np.float64)
+    native, ref = _both(tracer.trace(lambda x, y: np.einsum("bij,bjk->bik", x, y), *both))
+    for b in (0, 1, 3):
+        x, y = _arrays([(b, 20, 16), (b, 16, 24)], np.float64, rng)
+        assert_agree(native.run(x, y), ref.run(x, y))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 31, 32, 33, 65, 1000])
+def test_einsum_vectorised_reductions_and_dots(n, dtype):
+    rng = np.random.default_rng(n)
+    for eq, shapes in (("ij->", [(3, n)]), ("ij->i", [(3, n)]), ("ij->j", [(3, n)]), ("ij,ij->i", [(3, n)] * 2),
+                       ("ij,ij->", [(3, n)] * 2), ("ij,j->i", [(5, n), (n,)]), ("i->", [(n,)])):
+        arrays = _arrays(shapes, dtype, rng)
+        native, ref = _einsum_both(eq, arrays)
+        got = native.run(*arrays)
+        assert_agree(got, ref.run(*arrays))
+        assert_agree(got, np.asarray(np.einsum(eq, *arrays)))
+
+
+def test_einsum_float32_sums_accumulate_in_double():
+    # 2**24 + 1 + 1 + ... is stuck at 2**24 in float32 accumulation; double keeps every 1
+    x = np.ones((2, 4097), np.float32)
+    x[:, 0] = 2.0**24
+    native, _ = _einsum_both("ij->i", [x])
+    assert native.run(x).tolist() == [2.0**24 + 4096] * 2
+    native, _ = _einsum_both("ij,ij->", [x, np.ones_like(x)])
+    assert native.run(x, np.ones_like(x)) == np.float32(2 * (2.0**24 + 4096))

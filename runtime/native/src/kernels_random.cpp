@@ -10,15 +10,22 @@
 // einsum takes any equation np.einsum accepts: repeated indices (diagonals), '...' (right-aligned
 // and broadcast across operands), size-1 broadcasting, implicit output ('ij,jk' -> sorted
 // indices seen once). Operands are contracted two at a time, each time the pair whose result is
-// smallest (NumPy's greedy path), by one loop nest whose innermost loop is the index with the
-// most unit strides (inputs read in place, each element converted as it is used). Floats
-// accumulate in double, integers in wrapping uint64 (truncated at the end, which equals NumPy's
-// wrapping in the narrow type), bool as "any product true".
+// smallest (NumPy's greedy path). A float32/float64 pair shaped as a (batched) matrix product
+// (summed indices in both operands, kept ones in one or both) runs as batched GEMM in its own
+// dtype, as NumPy's tensordot/einsum(optimize=True) does: operands read in place when their
+// strides allow, else packed (transposed, converted), C written in place or as C^T, or permuted
+// afterwards. Every other pair runs one loop nest whose innermost loop is the index with the most
+// unit strides (inputs read in place, each element converted as it is used); there floats
+// accumulate in double (unit-stride sums and dots vectorized, AVX-512 where the CPU has it),
+// integers in wrapping uint64 (truncated at the end, which equals NumPy's wrapping in the narrow
+// type), bool as "any product true".
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
+#include "gemm.h"
 #include "kernel.h"
 #include "loops.h"
 
@@ -252,21 +259,104 @@ EinsumSpec parse_einsum(const std::string& equation, const std::vector<int>& ran
   return spec;
 }
 
+// ---- einsum: double-accumulating row sums, compiled for baseline x86-64 and for AVX-512 -------
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(CASTML_NO_AVX512)  // the latter: test the portable path
+#define CASTML_EINSUM_AVX512 __attribute__((target(CASTML_AVX512_TARGET)))
+#endif
+
+// sum_j a[j] (Dot: sum_j a[j]*b[j]) in double over 32 partial sums (GCC vector extensions: four
+// vectors of 8 doubles, held in registers); float products are exact in double.
+template <class S, bool Dot>
+[[gnu::always_inline]] inline double row_sum_body(const S* __restrict a, const S* __restrict b, int64_t n) {
+  typedef double D8 __attribute__((vector_size(64)));
+  typedef S S8 __attribute__((vector_size(8 * sizeof(S))));
+  constexpr int kV = 4;
+  D8 acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
+  auto add = [&](D8& acc, int64_t j) {  // by reference: no vector crosses a call (ABI)
+    S8 x;
+    std::memcpy(&x, a + j, sizeof x);
+    D8 t = __builtin_convertvector(x, D8);
+    if constexpr (Dot) {
+      std::memcpy(&x, b + j, sizeof x);
+      t *= __builtin_convertvector(x, D8);
+    }
+    acc += t;
+  };
+  int64_t j = 0;
+  for (; j + 8 * kV <= n; j += 8 * kV) {
+    add(acc0, j);
+    add(acc1, j + 8);
+    add(acc2, j + 16);
+    add(acc3, j + 24);
+  }
+  for (; j + 8 <= n; j += 8) add(acc0, j);
+  D8 v = (acc0 + acc1) + (acc2 + acc3);
+  double s = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+  for (; j < n; ++j) {
+    if constexpr (Dot) s += static_cast<double>(a[j]) * static_cast<double>(b[j]);
+    else s += static_cast<double>(a[j]);
+  }
+  return s;
+}
+
+template <class S, bool Dot>
+double row_sum_base(const S* a, const S* b, int64_t n) {
+  return row_sum_body<S, Dot>(a, b, n);
+}
+
+#ifdef CASTML_EINSUM_AVX512
+template <class S, bool Dot>
+CASTML_EINSUM_AVX512 double row_sum_avx512(const S* a, const S* b, int64_t n) {
+  return row_sum_body<S, Dot>(a, b, n);
+}
+
+bool einsum_has_avx512() {
+  static const bool ok = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+}
+#endif
+
+template <class S, bool Dot>
+double row_sum(const S* a, const S* b, int64_t n) {
+#ifdef CASTML_EINSUM_AVX512
+  if (einsum_has_avx512()) return row_sum_avx512<S, Dot>(a, b, n);
+#endif
+  return row_sum_base<S, Dot>(a, b, n);
+}
+
 // ---- einsum: contraction ---------------------------------------------------------------------
 
 struct Operand {
-  const void* data = nullptr;   // an input (its own dtype) or an intermediate (the accumulator's)
-  bool raw = true;              // an input of the op
+  const void* data = nullptr;   // elements of type T (raw: an input, or a GEMM result) or A (a loop's)
+  bool raw = true;              // read as T (else as the accumulator type A)
   std::vector<int> labels;      // distinct labels it has (in any order)
   std::vector<int64_t> stride;  // per label id (0: absent or broadcast)
 };
 
 // y[j*so] += a[j*sa] * b[j*sb] for j < n (b absent: K == 1), read in A; unit-stride forms
-// spelled out so the compiler vectorizes them.
+// spelled out so the compiler vectorizes them (float sums and dots: row_sum).
 template <class A, size_t K, class TA, class TB>
 inline void inner_row(const TA* a, const TB* b, A* y, int64_t n, int64_t sa, int64_t sb, int64_t so) {
   auto rd = [](auto v) { return static_cast<A>(v); };
   if (so == 0) {
+    constexpr bool kFloatRow = std::is_same_v<A, double> && std::is_floating_point_v<TA>;
+    if constexpr (kFloatRow && K == 2 && std::is_same_v<TA, TB>) {
+      if (sa == 1 && sb == 1) {
+        *y += row_sum<TA, true>(a, b, n);
+        return;
+      }
+    }
+    if constexpr (kFloatRow && K == 1) {
+      if (sa == 1) {
+        *y += row_sum<TA, false>(a, nullptr, n);
+        return;
+      }
+    }
     A acc[4] = {0, 0, 0, 0};  // four partial sums (as NumPy's unrolled sum-of-products)
     int64_t j = 0;
     if constexpr (K == 2) {
@@ -369,18 +459,278 @@ void contract_pair(const Operand& p, const Operand& q, const std::vector<int>& l
   else contract_loop<A, 2, A, A>({&p, &q}, labels, sizes, out_stride, out);
 }
 
-// The operands contracted into `result` (laid out C-contiguous over spec.out), two at a time.
+// ---- einsum: pairwise contractions as batched GEMM (float32/float64) --------------------------
+
+// Contractions smaller than this (m*n*k per GEMM call), with m and n both below kGemmMinSide, or
+// matrix x vector ones (n == 1 once C's layout picked the roles) stay on the loop path.
+constexpr int64_t kGemmMinWork = 4096;
+constexpr int64_t kGemmMinSide = 8;
+
+int64_t size_of(const std::vector<int>& labels, const std::vector<int64_t>& sizes) {
+  __int128 n = 1;
+  for (int l : labels) n *= sizes[l];
+  return checked_int64(n);
+}
+
+// Strides of a C-contiguous layout over `labels` (0 for size-1 labels and labels not listed).
+std::vector<int64_t> contiguous_strides(const std::vector<int>& labels, const std::vector<int64_t>& sizes) {
+  std::vector<int64_t> st(sizes.size(), 0);
+  int64_t s = 1;
+  for (size_t i = labels.size(); i-- > 0;) {
+    st[labels[i]] = sizes[labels[i]] == 1 ? 0 : s;
+    s *= sizes[labels[i]];
+  }
+  return st;
+}
+
+// Whether `labels`, in this order, address memory as one dim: each label's stride is the next
+// one's times the next one's size. *inner: the last label's stride (1 for no labels).
+bool collapses(const std::vector<int>& labels, const std::vector<int64_t>& stride, const std::vector<int64_t>& sizes,
+               int64_t* inner) {
+  for (size_t i = 0; i + 1 < labels.size(); ++i)
+    if (stride[labels[i]] != stride[labels[i + 1]] * sizes[labels[i + 1]]) return false;
+  *inner = labels.empty() ? 1 : stride[labels.back()];
+  return true;
+}
+
+// `labels` by decreasing stride (ties kept in order): the order memory lays them out.
+std::vector<int> by_stride(std::vector<int> labels, const std::vector<int64_t>& stride) {
+  std::stable_sort(labels.begin(), labels.end(), [&](int x, int y) { return stride[x] > stride[y]; });
+  return labels;
+}
+
+// dst[...] = src[...] converted to D, over every index of `labels` (outermost first; the last is
+// the inner loop), each side addressed by its own strides per label.
+template <class S, class D>
+void copy_strided(const S* src, const std::vector<int64_t>& ss, D* dst, const std::vector<int64_t>& ds,
+                  const std::vector<int>& labels, const std::vector<int64_t>& sizes) {
+  int r = static_cast<int>(labels.size());
+  if (r == 0) {
+    dst[0] = static_cast<D>(src[0]);
+    return;
+  }
+  int inner = labels[r - 1];
+  int64_t n = sizes[inner], s_in = ss[inner], d_in = ds[inner];
+  int64_t n_outer = size_of(std::vector<int>(labels.begin(), labels.end() - 1), sizes);
+  std::vector<int64_t> idx(r, 0);
+  int64_t so = 0, dof = 0;
+  for (int64_t o = 0; o < n_outer; ++o) {
+    const S* s = src + so;
+    D* t = dst + dof;
+    if (s_in == 1 && d_in == 1) {
+      for (int64_t j = 0; j < n; ++j) t[j] = static_cast<D>(s[j]);
+    } else {
+      for (int64_t j = 0; j < n; ++j) t[j * d_in] = static_cast<D>(s[j * s_in]);
+    }
+    for (int d = r - 2; d >= 0; --d) {
+      int l = labels[d];
+      so += ss[l], dof += ds[l];
+      if (++idx[d] < sizes[l]) break;
+      so -= ss[l] * sizes[l], dof -= ds[l] * sizes[l];
+      idx[d] = 0;
+    }
+  }
+}
+
+// One pairwise contraction read as C[batch][m][n] = sum_k A[batch][m][k] · B[batch][k][n]:
+// batch = labels kept with both operands (or broadcast in both), m / n = labels kept with only
+// the A / B operand, k = labels summed over (in both). A is p and B is q, or the other way round
+// (C^T = B^T A^T) when only that lets C be written in place.
+struct GemmPlan {
+  bool zero = false;                   // a size-0 label: the output is empty or all zeros
+  const Operand* a = nullptr;          // the operand read as [batch] x m x k
+  const Operand* b = nullptr;          // [batch] x k x n
+  std::vector<int> batch, m, n, k;     // labels of size > 1; m and n in C's order
+  std::vector<int> keep;               // the output's labels, in layout order
+  int64_t M = 1, N = 1, Kn = 1;
+  bool view_a = false, view_b = false, view_c = false;  // read/written in place (else packed)
+  int64_t lda = 0, ldb = 0, ldc = 0;
+};
+
+// Whether operand `o` (read as T) is m x k with row stride *ld and unit stride along k.
+template <class A, class T>
+bool as_matrix(const Operand& o, const std::vector<int>& rows, const std::vector<int>& cols,
+               const std::vector<int64_t>& sizes, int64_t n_cols, int64_t* ld) {
+  if (!o.raw && !std::is_same_v<A, T>) return false;  // an intermediate in A: converted by packing
+  int64_t inner_rows, inner_cols;
+  if (!collapses(rows, o.stride, sizes, &inner_rows) || !collapses(cols, o.stride, sizes, &inner_cols)) return false;
+  if (!cols.empty() && inner_cols != 1) return false;
+  *ld = rows.empty() ? std::max<int64_t>(n_cols, 1) : inner_rows;
+  return *ld >= std::max<int64_t>(n_cols, 1);  // as the BLAS requires
+}
+
+// Plans p x q -> `keep` (reordered when `reorder`: an intermediate's layout is ours to choose);
+// false when the contraction is not GEMM-shaped or too small (then the loop path runs).
+template <class A, class T>
+bool plan_gemm(const Operand& p, const Operand& q, std::vector<int> keep, bool reorder,
+               const std::vector<int64_t>& sizes, GemmPlan* plan) {
+  std::vector<int> all = p.labels;
+  for (int l : q.labels)
+    if (std::find(all.begin(), all.end(), l) == all.end()) all.push_back(l);
+  plan->keep = keep;
+  for (int l : all)
+    if (sizes[l] == 0) {
+      plan->zero = true;
+      return true;
+    }
+  std::vector<int> m, n;
+  for (int l : all) {
+    if (sizes[l] == 1) continue;
+    bool kept = std::find(keep.begin(), keep.end(), l) != keep.end();
+    bool in_p = p.stride[l] != 0, in_q = q.stride[l] != 0;
+    if (kept) (in_p == in_q ? plan->batch : in_p ? m : n).push_back(l);
+    else if (in_p && in_q) plan->k.push_back(l);
+    else return false;  // summed over in one operand only: the loop path
+  }
+  if (plan->k.empty()) return false;
+  int64_t M = size_of(m, sizes), N = size_of(n, sizes), Kn = size_of(plan->k, sizes);
+  if (std::max(M, N) < kGemmMinSide || static_cast<__int128>(M) * N * Kn < kGemmMinWork) return false;
+  if (reorder) {  // batch, then m and n as p and q lay them out: C is written in place
+    m = by_stride(m, p.stride);
+    n = by_stride(n, q.stride);
+    keep.clear();
+    for (const auto* group : {&plan->batch, &m, &n}) keep.insert(keep.end(), group->begin(), group->end());
+    for (int l : plan->keep)
+      if (sizes[l] == 1) keep.push_back(l);
+    plan->keep = keep;
+  }
+  std::vector<int64_t> cst = contiguous_strides(plan->keep, sizes);
+  auto in_c_order = [&](std::vector<int> ls) {
+    std::sort(ls.begin(), ls.end(), [&](int x, int y) {
+      return std::find(keep.begin(), keep.end(), x) < std::find(keep.begin(), keep.end(), y);
+    });
+    return ls;
+  };
+  m = in_c_order(m);
+  n = in_c_order(n);
+  // roles: p as A (C is [batch] m x n), else q as A (C^T); C in place when one of them allows it
+  plan->a = &p, plan->b = &q, plan->m = m, plan->n = n, plan->M = M, plan->N = N;
+  for (int swap = 0; swap < 2; ++swap) {
+    const std::vector<int>& rows = swap ? n : m;
+    const std::vector<int>& cols = swap ? m : n;
+    int64_t ldc;
+    Operand c_view;
+    c_view.stride = cst;
+    if (as_matrix<T, T>(c_view, rows, cols, sizes, swap ? M : N, &ldc)) {
+      if (swap) plan->a = &q, plan->b = &p, plan->m = n, plan->n = m, plan->M = N, plan->N = M;
+      plan->view_c = true, plan->ldc = ldc;
+      break;
+    }
+  }
+  if (!plan->view_c) plan->ldc = std::max<int64_t>(plan->N, 1);
+  if (plan->N == 1) return false;  // matrix x vector: the loop path's double dot rows are as fast
+  // k in the order A lays it out, or B does: whichever leaves less to pack
+  plan->Kn = Kn;
+  int64_t best_cost = -1;
+  for (const Operand* o : {plan->a, plan->b}) {
+    std::vector<int> k = by_stride(plan->k, o->stride);
+    int64_t lda = 0, ldb = 0;
+    bool va = as_matrix<A, T>(*plan->a, plan->m, k, sizes, Kn, &lda);
+    bool vb = as_matrix<A, T>(*plan->b, k, plan->n, sizes, plan->N, &ldb);
+    int64_t cost = (va ? 0 : plan->M * Kn) + (vb ? 0 : Kn * plan->N);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      plan->k = k, plan->view_a = va, plan->view_b = vb, plan->lda = lda, plan->ldb = ldb;
+    }
+  }
+  return true;
+}
+
+// The elements of operand o as a const pointer to S (its own type: T when raw, else A).
+template <class S>
+const S* data_as(const Operand& o) {
+  return static_cast<const S*>(o.data);
+}
+
+// Operand o packed C-contiguous over [its batch labels] + rows + cols, converted to T; returns the
+// packed strides per label through *st.
+template <class A, class T>
+std::vector<T> pack(const Operand& o, const std::vector<int>& batch, const std::vector<int>& rows,
+                    const std::vector<int>& cols, const std::vector<int64_t>& sizes, std::vector<int64_t>* st) {
+  std::vector<int> order;
+  for (int l : batch)
+    if (o.stride[l] != 0) order.push_back(l);  // broadcast along the others: stride 0 stays
+  order.insert(order.end(), rows.begin(), rows.end());
+  order.insert(order.end(), cols.begin(), cols.end());
+  *st = contiguous_strides(order, sizes);
+  std::vector<T> buf(static_cast<size_t>(size_of(order, sizes)));
+  if (o.raw) copy_strided(data_as<T>(o), o.stride, buf.data(), *st, order, sizes);
+  else copy_strided(data_as<A>(o), o.stride, buf.data(), *st, order, sizes);
+  return buf;
+}
+
+// Runs a plan into dst (T, C-contiguous over plan.keep).
+template <class A, class T>
+void run_gemm(const GemmPlan& plan, const std::vector<int64_t>& sizes, T* dst) {
+  std::vector<int64_t> cst = contiguous_strides(plan.keep, sizes);
+  int64_t n_out = size_of(plan.keep, sizes);
+  if (plan.zero) {
+    std::fill(dst, dst + n_out, T(0));
+    return;
+  }
+  std::vector<T> a_buf, b_buf, c_buf;
+  std::vector<int64_t> ast = plan.a->stride, bst = plan.b->stride, pst = cst;
+  const T* a = plan.view_a ? data_as<T>(*plan.a) : nullptr;
+  const T* b = plan.view_b ? data_as<T>(*plan.b) : nullptr;
+  T* c = dst;
+  if (!plan.view_a) a_buf = pack<A, T>(*plan.a, plan.batch, plan.m, plan.k, sizes, &ast), a = a_buf.data();
+  if (!plan.view_b) b_buf = pack<A, T>(*plan.b, plan.batch, plan.k, plan.n, sizes, &bst), b = b_buf.data();
+  int64_t lda = plan.view_a ? plan.lda : plan.Kn, ldb = plan.view_b ? plan.ldb : plan.N;
+  if (!plan.view_c) {  // [batch] m n, permuted into dst afterwards
+    std::vector<int> order = plan.batch;
+    order.insert(order.end(), plan.m.begin(), plan.m.end());
+    order.insert(order.end(), plan.n.begin(), plan.n.end());
+    pst = contiguous_strides(order, sizes);
+    c_buf.resize(static_cast<size_t>(n_out));
+    c = c_buf.data();
+  }
+  int r = static_cast<int>(plan.batch.size());
+  int64_t n_batch = size_of(plan.batch, sizes);
+  std::vector<int64_t> idx(r, 0);
+  int64_t oa = 0, ob = 0, oc = 0;
+  for (int64_t t = 0; t < n_batch; ++t) {
+    gemm<T>(plan.M, plan.N, plan.Kn, a + oa, lda, b + ob, ldb, T(0), c + oc, plan.ldc);
+    for (int d = r - 1; d >= 0; --d) {
+      int l = plan.batch[d];
+      oa += ast[l], ob += bst[l], oc += pst[l];
+      if (++idx[d] < sizes[l]) break;
+      oa -= ast[l] * sizes[l], ob -= bst[l] * sizes[l], oc -= pst[l] * sizes[l];
+      idx[d] = 0;
+    }
+  }
+  if (!plan.view_c) {
+    std::vector<int> order;  // dst's order, so that the writes are the unit-stride side
+    for (int l : plan.keep)
+      if (sizes[l] > 1) order.push_back(l);
+    copy_strided(c, pst, dst, cst, order, sizes);
+  }
+}
+
+// ---- einsum: the contraction path ------------------------------------------------------------
+
+// The operands contracted into y (n_out elements, C-contiguous over spec.out), two at a time:
+// float32/float64 pairs shaped as a (batched) matrix product through GEMM (in T, as NumPy's
+// tensordot), the others by the loop nest (in A, converted to T at the end).
 template <class A, class T>
 void contract_all(std::vector<Operand> ops, const EinsumSpec& spec, const std::vector<int64_t>& sizes,
-                  bool boolean, A* result, int64_t result_size) {
-  auto contiguous = [&](const std::vector<int>& keep) {
-    std::vector<int64_t> st(spec.nlabels, 0);
-    int64_t s = 1;
-    for (size_t i = keep.size(); i-- > 0;) {
-      st[keep[i]] = sizes[keep[i]] == 1 ? 0 : s;
-      s *= sizes[keep[i]];
+                  bool boolean, T* y, int64_t n_out) {
+  std::vector<A> own;  // the loop path's final accumulator when A is not T
+  auto result = [&]() -> A* {
+    if constexpr (std::is_same_v<A, T>) {
+      std::fill(y, y + n_out, A(0));
+      return y;
+    } else {
+      own.assign(static_cast<size_t>(n_out), A(0));
+      return own.data();
     }
-    return st;
+  };
+  auto finish = [&]() {  // the loop path's result into y
+    if constexpr (!std::is_same_v<A, T>) {
+      for (int64_t i = 0; i < n_out; ++i) {
+        if constexpr (std::is_same_v<T, bool>) y[i] = own[i] != 0;
+        else y[i] = static_cast<T>(own[i]);  // wraps as NumPy's narrow integer arithmetic
+      }
+    }
   };
   auto union_of = [&](const Operand& p, const Operand* q) {
     std::vector<int> u = p.labels;
@@ -389,11 +739,14 @@ void contract_all(std::vector<Operand> ops, const EinsumSpec& spec, const std::v
         if (std::find(u.begin(), u.end(), l) == u.end()) u.push_back(l);
     return u;
   };
-  std::fill(result, result + result_size, A(0));
   if (ops.size() == 1) {
-    contract_loop<A, 1, T, T>({&ops[0]}, union_of(ops[0], nullptr), sizes, contiguous(spec.out), result);
+    A* out = result();
+    contract_loop<A, 1, T, T>({&ops[0]}, union_of(ops[0], nullptr), sizes, contiguous_strides(spec.out, sizes), out);
+    finish();
+    return;
   }
   std::vector<std::vector<A>> buffers;  // the intermediates (kept alive while operands point in)
+  std::vector<std::vector<T>> t_buffers;  // GEMM results (float32/float64 only)
   uint64_t max_bytes = current_limits().max_tensor_bytes;
   while (ops.size() >= 2) {
     bool last = ops.size() == 2;
@@ -414,24 +767,35 @@ void contract_all(std::vector<Operand> ops, const EinsumSpec& spec, const std::v
         if (best_size < 0 || size < best_size) best_size = size, bp = p, bq = q, best_keep = keep;
       }
     }
+    if (!last && static_cast<unsigned __int128>(best_size) * sizeof(A) > max_bytes)
+      fail(kKernelError, "einsum: an intermediate of " + std::to_string(static_cast<uint64_t>(best_size)) +
+                             " elements exceeds max_tensor_bytes = " + std::to_string(max_bytes));
     Operand merged;
-    merged.raw = false;
-    A* dst = result;
-    if (last) {
-      merged.labels = spec.out;
-    } else {
-      if (static_cast<unsigned __int128>(best_size) * sizeof(A) > max_bytes)
-        fail(kKernelError, "einsum: an intermediate of " + std::to_string(static_cast<uint64_t>(best_size)) +
-                               " elements exceeds max_tensor_bytes = " + std::to_string(max_bytes));
-      merged.labels = best_keep;
-      dst = buffers.emplace_back(static_cast<size_t>(best_size), A(0)).data();
+    bool gemm_done = false;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      GemmPlan plan;
+      if (plan_gemm<A, T>(ops[bp], ops[bq], last ? spec.out : best_keep, !last, sizes, &plan)) {
+        merged.raw = true;  // GEMM results are in T
+        merged.labels = plan.keep;
+        T* dst = last ? y : t_buffers.emplace_back(static_cast<size_t>(best_size)).data();
+        run_gemm<A, T>(plan, sizes, dst);
+        merged.data = dst;
+        gemm_done = true;
+      }
     }
-    merged.stride = contiguous(merged.labels);
-    contract_pair<A, T>(ops[bp], ops[bq], union_of(ops[bp], &ops[bq]), sizes, merged.stride, dst);
-    if (boolean && !last) {  // keep "any product true" as 0/1 so later products cannot wrap to 0
-      for (A& v : buffers.back()) v = v != 0;
+    if (!gemm_done) {
+      merged.raw = false;
+      merged.labels = last ? spec.out : best_keep;
+      A* dst = last ? result() : buffers.emplace_back(static_cast<size_t>(best_size), A(0)).data();
+      contract_pair<A, T>(ops[bp], ops[bq], union_of(ops[bp], &ops[bq]), sizes,
+                          contiguous_strides(merged.labels, sizes), dst);
+      if (boolean && !last) {  // keep "any product true" as 0/1 so later products cannot wrap to 0
+        for (A& v : buffers.back()) v = v != 0;
+      }
+      if (last) finish();
+      merged.data = dst;
     }
-    merged.data = dst;
+    merged.stride = contiguous_strides(merged.labels, sizes);
     ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(bq));
     ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(bp));
     ops.push_back(std::move(merged));
@@ -488,17 +852,7 @@ void einsum_kernel(KernelCall& c) {
         if (std::find(op.labels.begin(), op.labels.end(), l) == op.labels.end()) op.labels.push_back(l);
       }
     }
-    if constexpr (std::is_same_v<T, A>) {
-      contract_all<A, T>(std::move(ops), spec, sizes, false, reinterpret_cast<A*>(y.data), n_out);
-    } else {
-      std::vector<A> result(static_cast<size_t>(n_out));
-      contract_all<A, T>(std::move(ops), spec, sizes, std::is_same_v<T, bool>, result.data(), n_out);
-      T* out = y.ptr<T>();
-      for (int64_t i = 0; i < n_out; ++i) {
-        if constexpr (std::is_same_v<T, bool>) out[i] = result[i] != 0;
-        else out[i] = static_cast<T>(result[i]);  // wraps as NumPy's narrow integer arithmetic
-      }
-    }
+    contract_all<A, T>(std::move(ops), spec, sizes, std::is_same_v<T, bool>, y.ptr<T>(), n_out);
   });
 }
 
