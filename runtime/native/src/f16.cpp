@@ -12,6 +12,7 @@
 #include "loops.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(CASTML_NO_F16C)  // the latter: test the bit code
+#include <cpuid.h>
 #include <immintrin.h>
 #define CASTML_F16C __attribute__((target("avx,f16c")))
 #endif
@@ -81,8 +82,11 @@ namespace {
 #ifdef CASTML_F16C
 bool cpu_has_f16c() {
   static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+    // cpuid leaf 1: ECX bit 28 (AVX) and bit 29 (F16C); clang 14 knows no "f16c" feature string
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned osxsave = 1u << 27, avx = 1u << 28, f16c = 1u << 29;
+    return (c & osxsave) && (c & avx) && (c & f16c);
   }();
   return ok;
 }

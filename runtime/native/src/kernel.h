@@ -90,6 +90,14 @@ struct KernelCall {
   void expect_dtype(DType t, size_t n_in = 0) const;
 };
 
+// The target of loops compiled a second time for AVX-512 (picked at run time by a CPU check);
+// clang takes no prefer-vector-width in a target attribute.
+#if defined(__clang__)
+#define CASTML_AVX512_TARGET "avx512f,avx512dq,avx512vl,avx512bw,fma"
+#else
+#define CASTML_AVX512_TARGET "avx512f,avx512dq,avx512vl,avx512bw,fma,prefer-vector-width=512"
+#endif
+
 using KernelFn = void (*)(KernelCall&);
 // Throws castml::Error(kUnsupportedError, ...) when the op (dtypes, attributes) is not covered.
 using CheckFn = void (*)(const OpDef&, const GraphDef&);

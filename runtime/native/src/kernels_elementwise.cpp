@@ -378,7 +378,7 @@ void register_elementwise(KernelTable& t) {
 // ---- float32 loops of vecmath.h, one body compiled for baseline x86-64 and for AVX-512 ----------
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(CASTML_NO_AVX512)  // the latter: test the portable path
-#define CASTML_VEC_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma,prefer-vector-width=512")))
+#define CASTML_VEC_AVX512 __attribute__((target(CASTML_AVX512_TARGET)))
 #endif
 
 namespace {
