@@ -97,6 +97,8 @@ struct KernelCall {
 #else
 #define CASTML_AVX512_TARGET "avx512f,avx512dq,avx512vl,avx512bw,fma,prefer-vector-width=512"
 #endif
+// Whether this CPU runs CASTML_AVX512_TARGET code (x86-64 builds with GCC or clang only).
+bool cpu_has_avx512();
 
 using KernelFn = void (*)(KernelCall&);
 // Throws castml::Error(kUnsupportedError, ...) when the op (dtypes, attributes) is not covered.

@@ -381,8 +381,6 @@ void register_elementwise(KernelTable& t) {
 #define CASTML_VEC_AVX512 __attribute__((target(CASTML_AVX512_TARGET)))
 #endif
 
-namespace {
-
 #ifdef CASTML_VEC_AVX512
 bool cpu_has_avx512() {
   static const bool ok = [] {
@@ -393,6 +391,8 @@ bool cpu_has_avx512() {
   return ok;
 }
 #endif
+
+namespace {
 
 [[gnu::always_inline]] inline void activate_body(float* __restrict y, int64_t n, Activation act) {
   switch (act) {

@@ -311,20 +311,12 @@ CASTML_EINSUM_AVX512 double row_sum_avx512(const S* a, const S* b, int64_t n) {
   return row_sum_body<S, Dot>(a, b, n);
 }
 
-bool einsum_has_avx512() {
-  static const bool ok = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-}
 #endif
 
 template <class S, bool Dot>
 double row_sum(const S* a, const S* b, int64_t n) {
 #ifdef CASTML_EINSUM_AVX512
-  if (einsum_has_avx512()) return row_sum_avx512<S, Dot>(a, b, n);
+  if (cpu_has_avx512()) return row_sum_avx512<S, Dot>(a, b, n);
 #endif
   return row_sum_base<S, Dot>(a, b, n);
 }
