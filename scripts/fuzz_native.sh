@@ -52,6 +52,8 @@ out = Path(sys.argv[1])
 for k, (name, (spec, _)) in enumerate(sorted(MALFORMED.items())):
     (out / f"malformed-{k:03d}.castml").write_bytes(spec if isinstance(spec, bytes) else _hand_model(**spec))
 shutil.copy(Path("tests/golden/castml_v1.castml"), out / "golden-v1.castml")
+for f in sorted(Path("tests/fuzz_regressions").glob("*.castml")):  # past findings, kept as seeds
+    shutil.copy(f, out / f"regression-{f.name}")
 zoo = {"mlp": ("batch", 784), "lenet": ("batch", 1, 28, 28), "transformer_encoder": ("batch", 128, 256),
        "resnet_tiny": ("batch", 3, 32, 32), "gru": None}
 for name, shape in zoo.items():

@@ -475,6 +475,15 @@ std::unique_ptr<Program::Arena> Program::take_arena(size_t size) const {
       }
     }
   }
+  // The arena holds every planned value, fused regions' inner values too, which the entry's check
+  // of the values alive at once (capi.cpp, as runtime.limits.check_plan) does not see: a file
+  // declaring huge inner types must not reach malloc. Packing live values into one arena can take
+  // more than their sum (alignment, fragmentation), so the bound here is twice the limit.
+  const uint64_t lim = current_limits().max_intermediate_bytes;
+  if (size / 2 > lim)
+    fail(kInputError, "the memory plan needs " + std::to_string(size) +
+                          " bytes of intermediate values for these inputs, more than twice max_intermediate_bytes = " +
+                          std::to_string(lim) + " (" + how_to_raise("max_intermediate_bytes") + ")");
   auto a = std::make_unique<Arena>();
   a->data = aligned_malloc(size);
   a->size = size;
