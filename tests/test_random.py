@@ -105,17 +105,18 @@ def test_eager_interpret_runtime_onnxruntime_agree(traced, opset):
     model = exporters.to_onnx(traced, opset=opset)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
-    castml = load(to_bytes(traced))
+    castml = load(to_bytes(traced), backend="numpy")
+    native = load(to_bytes(traced), backend="native")
     rng = np.random.default_rng(0)
     for batch, seed in zip((1, 7, 3, 2, 5), SEEDS):
         x = rng.standard_normal((batch, 5)).astype(np.float32)
         s = np.array(seed, np.int64)
         ref = _step(x, s)
-        engines = {"interpret": ir.interpret(traced, x, s), "runtime": castml.run(x, s),
+        engines = {"interpret": ir.interpret(traced, x, s), "runtime": castml.run(x, s), "native": native.run(x, s),
                    "onnxruntime": tuple(sess.run(None, dict(zip(names, (x, s)))))}
         for name, got in engines.items():
             for k, (a, b) in enumerate(zip(got, ref)):
-                if k in (2, 4) and name == "onnxruntime":  # Log/Cos/Sqrt: within the tolerance rule
+                if k in (2, 4) and name in ("onnxruntime", "native"):  # their log/cos/sqrt: the tolerance rule
                     assert_agree(a, b)
                 else:  # bits, uniform floats and the dropout built on them: bit for bit
                     assert a.dtype == b.dtype and np.array_equal(a, b), (name, k)
