@@ -9,11 +9,15 @@
 # .castml (plain and ir.optimize'd), then fuzzes for SECONDS (default 60). A crash, leak,
 # sanitizer report, timeout or out-of-memory stops the run, leaves the input as
 # runtime/native/build-fuzz/crash-* (replay: build-fuzz/castml-fuzz-loader FILE) and fails.
+# Past findings (tests/fuzz_regressions/) are seeds too. The mutation sequence follows SEED
+# (default 1), so a CI run is repeatable; pass other seeds for wider exploration.
 #
-# Usage: scripts/fuzz_native.sh [SECONDS]      (needs the project installed: pip install -e .[test])
+# Usage: scripts/fuzz_native.sh [SECONDS [SEED]]   (needs the project installed: pip install -e .[test])
 set -euo pipefail
 
 seconds="${1:-60}"
+seed="${2:-1}"
+[[ "$seed" =~ ^[0-9]+$ ]] || { echo "fuzz_native.sh: SEED must be a non-negative integer, got '$seed'" >&2; exit 2; }
 [[ "$seconds" =~ ^[0-9]+$ && "$seconds" -gt 0 ]] || { echo "fuzz_native.sh: SECONDS must be a positive integer, got '$seconds'" >&2; exit 2; }
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -68,7 +72,7 @@ EOF
 # -max_len: the zoo seeds are up to ~40 KB; mutations may grow them a little
 set +e
 (cd "$work" && ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" UBSAN_OPTIONS="print_stacktrace=1" \
-  "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+  "$fuzzer" -max_total_time="$seconds" -seed="$seed" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
   corpus seeds 2>&1 | tee fuzz.log | grep -v -E '^#[0-9]+\s+(NEW|REDUCE|pulse)')
 rc="${PIPESTATUS[0]}"
 set -e

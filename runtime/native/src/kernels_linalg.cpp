@@ -226,7 +226,7 @@ ConvGeom conv_geometry(KernelCall& c) {
     g.oh = 1;
     g.ow = window_out_len(g.w, g.kw, g.sw, g.pw0, pads[1], g.dw, false);
   }
-  if (g.group < 1 || g.c != g.cg * g.group || g.m % g.group)
+  if (g.group < 1 || g.c % g.group || g.c / g.group != g.cg || g.m % g.group)  // (no cg * group: it can overflow)
     fail(kKernelError, "conv: input channels " + std::to_string(g.c) + " and weight " + shape_str(w.shape) +
                            " do not fit group=" + std::to_string(g.group));
   if (g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1) fail(kKernelError, "conv: strides and dilations must be >= 1");
