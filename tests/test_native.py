@@ -734,6 +734,10 @@ FUZZ_REGRESSIONS = {  # tests/fuzz_regressions/ (also seeds of scripts/fuzz_nati
     # group = 2**57 + 1 on a conv: its channel check multiplied cg * group (signed overflow under
     # UBSan); a file whose replay under the sanitized fuzz build is the real check
     "native-conv-group-overflow.castml": (runtime.KernelError, "do not fit group=144115188075856129"),
+    # pads/strides of a max_pool whose declared output is small: its padded copy of one plane
+    # would have taken 2.6 GB
+    "native-max-pool-padded-plane-2.6gb.castml": (runtime.RuntimeInputError,
+                                                  "padded input plane would take 2673869200 bytes"),
 }
 
 

@@ -276,8 +276,19 @@ void pool_kernel(KernelCall& c) {
     if (kMax && !full) {
       // each plane copied into a buffer bordered with the lowest value (neutral for max): every
       // window then lies inside it and whole output rows run without bounds checks
-      const int64_t hp = std::max(h.pb + h.size, (h.out - 1) * h.s + (h.k - 1) * h.d + 1);
-      const int64_t wp = std::max(w.pb + w.size, (w.out - 1) * w.s + (w.k - 1) * w.d + 1);
+      // (pads and strides come from the file: the size is bounded before allocating, in 128 bits)
+      auto extent = [](const PoolAxis& a) {
+        return std::max<__int128>(static_cast<__int128>(a.pb) + a.size,
+                                  static_cast<__int128>(a.out - 1) * a.s + static_cast<__int128>(a.k - 1) * a.d + 1);
+      };
+      const __int128 bytes = extent(h) * extent(w) * static_cast<__int128>(sizeof(T));
+      const uint64_t lim = current_limits().max_tensor_bytes;
+      if (bytes > static_cast<__int128>(lim))
+        fail(kInputError, "max_pool: the padded input plane would take " +
+                              (bytes >> 64 ? std::string("over 2**64") : std::to_string(static_cast<uint64_t>(bytes))) +
+                              " bytes, more than max_tensor_bytes = " + std::to_string(lim) + " (" +
+                              how_to_raise("max_tensor_bytes") + ")");
+      const int64_t hp = static_cast<int64_t>(extent(h)), wp = static_cast<int64_t>(extent(w));
       std::unique_ptr<T[]> buf(new T[static_cast<size_t>(hp * wp)]);
       T* padded = buf.get();
       std::fill(padded, padded + hp * wp, lowest);
