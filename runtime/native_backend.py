@@ -32,7 +32,7 @@ from . import limits as L
 from . import pytree
 from .errors import CastmlError, KernelError, ModelFormatError, RuntimeInputError
 from .executor import _safe_scalar
-from .session import TensorInfo, match_arguments
+from .session import TensorInfo, _EntryPoints, match_arguments
 
 _DTYPES = {1: np.bool_, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.uint8, 7: np.uint16,
            8: np.uint32, 9: np.uint64, 10: np.float16, 11: np.float32, 12: np.float64}
@@ -276,7 +276,7 @@ class _EntryInfo:
         self.flat_args = self.in_tree == ("tuple", (pytree.LEAF,) * len(self.arg_names))
 
 
-class NativeSession:
+class NativeSession(_EntryPoints):
     """A model loaded by the native runtime; `run` has the same contract as `Session.run`.
 
     >>> import tracer
@@ -293,37 +293,8 @@ class NativeSession:
         self._entries = entries
         self._entry_name = entry
 
-    @property
-    def entries(self) -> list[str]:
-        """Names of the model's entry points."""
-        return sorted(self._entries)
-
-    def __getitem__(self, name: str) -> NativeSession:
-        if name not in self._entries:
-            raise RuntimeInputError(f"no entry {name!r}; the model has {', '.join(self.entries)}")
+    def _view(self, name: str) -> NativeSession:
         return NativeSession(self._model, self._entries, name)
-
-    @property
-    def _entry(self) -> _EntryInfo:
-        if self._entry_name is None:
-            raise RuntimeInputError(f"the model has no entry 'main'; choose one with sess[name]: "
-                                    f"{', '.join(self.entries)}")
-        return self._entries[self._entry_name]
-
-    @property
-    def inputs(self) -> list[TensorInfo]:
-        """(name, dtype, shape) of every input leaf, symbolic dims kept."""
-        return list(self._entry.inputs)
-
-    @property
-    def outputs(self) -> list[TensorInfo]:
-        """(name, dtype, shape) of every output leaf."""
-        return list(self._entry.outputs)
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        """The entry's free-form metadata."""
-        return dict(self._entry.metadata)
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         """Run the entry on arguments shaped like the traced function's; returns its pytree."""

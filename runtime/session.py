@@ -182,41 +182,29 @@ class _Profile:
                 row[3] += dt
 
 
-class Session:
-    """A loaded model. `run` executes entry "main"; `sess["name"]` selects another entry.
+class _EntryPoints:
+    """What the NumPy and native sessions share: entry selection and the selected entry's
+    signature. A subclass keeps `_entries` (name -> entry with inputs/outputs/metadata) and
+    `_entry_name`, and makes a view on another entry in `_view`."""
 
-    >>> import tracer
-    >>> from exporters.castml_format import to_bytes
-    >>> sess = load(to_bytes(tracer.trace(lambda x: x * x, 2.0)))
-    >>> sess.inputs
-    [TensorInfo(name='x', dtype=dtype('float64'), shape=())]
-    >>> float(sess.run(3.0))
-    9.0
-    """
+    _entries: dict
+    _entry_name: str | None
 
-    backend = "numpy"  # which runtime executes it (runtime.native_backend.NativeSession says "native")
-
-    def __init__(self, model: ModelDef, entries: dict[str, _Entry], entry: str | None, profile: bool):
-        self._model = model
-        self._entries = entries
-        self._entry_name = entry
-        self._profile = _Profile() if profile else None
-
-    # -- entry selection -----------------------------------------------------------------------
     @property
     def entries(self) -> list[str]:
         """Names of the model's entry points."""
         return sorted(self._entries)
 
-    def __getitem__(self, name: str) -> Session:
+    def __getitem__(self, name: str) -> Any:
         if name not in self._entries:
             raise RuntimeInputError(f"no entry {name!r}; the model has {', '.join(self.entries)}")
-        view = Session(self._model, self._entries, name, False)
-        view._profile = self._profile
-        return view
+        return self._view(name)
+
+    def _view(self, name: str) -> Any:
+        raise NotImplementedError
 
     @property
-    def _entry(self) -> _Entry:
+    def _entry(self) -> Any:
         name = self._entry_name
         if name is None:
             raise RuntimeInputError(f"the model has no entry 'main'; choose one with sess[name]: "
@@ -237,6 +225,32 @@ class Session:
     def metadata(self) -> dict[str, str]:
         """The entry's free-form metadata."""
         return dict(self._entry.metadata)
+
+
+class Session(_EntryPoints):
+    """A loaded model. `run` executes entry "main"; `sess["name"]` selects another entry.
+
+    >>> import tracer
+    >>> from exporters.castml_format import to_bytes
+    >>> sess = load(to_bytes(tracer.trace(lambda x: x * x, 2.0)))
+    >>> sess.inputs
+    [TensorInfo(name='x', dtype=dtype('float64'), shape=())]
+    >>> float(sess.run(3.0))
+    9.0
+    """
+
+    backend = "numpy"  # which runtime executes it (runtime.native_backend.NativeSession says "native")
+
+    def __init__(self, model: ModelDef, entries: dict[str, _Entry], entry: str | None, profile: bool):
+        self._model = model
+        self._entries = entries
+        self._entry_name = entry
+        self._profile = _Profile() if profile else None
+
+    def _view(self, name: str) -> Session:
+        view = Session(self._model, self._entries, name, False)
+        view._profile = self._profile
+        return view
 
     # -- running -------------------------------------------------------------------------------
     def run(self, *args: Any, **kwargs: Any) -> Any:
