@@ -62,7 +62,7 @@ class Engine:
         >>> g = tracer.trace(lambda x: x * 2.0 + 1.0, np.float32([1, 2]))
         >>> e = Engine("interpreter", g, Program(to_program_spec(g)), traced_names(g))
         >>> sorted(e.capture([np.float32([1, 2])])[0])
-        ['const_0', 'const_1', 'output', 'v_2']
+        ['const_0', 'const_1', 'output', 'v_1']
         """
         index = {id(s): i for i, s in enumerate(self.program.steps)}
         ops = self.graph.ops
