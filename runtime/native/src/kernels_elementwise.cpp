@@ -170,6 +170,17 @@ T elu_like(T v, double alpha, double scale, double gamma) {
 #define FLOAT_UNARY(name, expr) \
   t[name] = {[](KernelCall& c) { map_float(c, [](auto v) { return expr; }); }, check_float_out};
 
+// floor/ceil/trunc/round: integer outputs (NumPy 2 keeps ints for ints) are a copy
+template <class F>
+void rounding(KernelCall& c, F f) {
+  if (!is_float(c.out.at(0)->dtype)) {
+    c.expect_shape(0, c.in.at(0)->shape);
+    convert(c.in.at(0)->data, c.in.at(0)->dtype, c.out.at(0)->data, c.out.at(0)->dtype, c.in.at(0)->size());
+  } else {
+    map_float(c, f);
+  }
+}
+
 void register_unary(KernelTable& t) {
   using std::abs;
   FLOAT_UNARY("exp", fast_exp(v))
@@ -240,42 +251,10 @@ void register_unary(KernelTable& t) {
                          map_float(c, [a, b](auto v) { return std::fmax(0.0, std::fmin(1.0, a * v + b)); });
                        },
                        check_float_out};
-  // rounding: integer outputs (NumPy 2 keeps ints for ints) are a copy
-  t["floor"] = {[](KernelCall& c) {
-                  if (!is_float(c.out.at(0)->dtype)) {
-                    c.expect_shape(0, c.in.at(0)->shape);
-                    convert(c.in.at(0)->data, c.in.at(0)->dtype, c.out.at(0)->data, c.out.at(0)->dtype, c.in.at(0)->size());
-                  } else {
-                    map_float(c, [](auto v) { return std::floor(v); });
-                  }
-                },
-                require_no_f16};
-  t["ceil"] = {[](KernelCall& c) {
-                 if (!is_float(c.out.at(0)->dtype)) {
-                   c.expect_shape(0, c.in.at(0)->shape);
-                   convert(c.in.at(0)->data, c.in.at(0)->dtype, c.out.at(0)->data, c.out.at(0)->dtype, c.in.at(0)->size());
-                 } else {
-                   map_float(c, [](auto v) { return std::ceil(v); });
-                 }
-               },
-               require_no_f16};
-  t["trunc"] = {[](KernelCall& c) {
-                  if (!is_float(c.out.at(0)->dtype)) {
-                    c.expect_shape(0, c.in.at(0)->shape);
-                    convert(c.in.at(0)->data, c.in.at(0)->dtype, c.out.at(0)->data, c.out.at(0)->dtype, c.in.at(0)->size());
-                  } else {
-                    map_float(c, [](auto v) { return std::trunc(v); });
-                  }
-                },
-                require_no_f16};
-  t["round"] = {[](KernelCall& c) {
-                  if (!is_float(c.out.at(0)->dtype)) {
-                    c.expect_shape(0, c.in.at(0)->shape);
-                    convert(c.in.at(0)->data, c.in.at(0)->dtype, c.out.at(0)->data, c.out.at(0)->dtype, c.in.at(0)->size());
-                  } else {
-                    map_float(c, [](auto v) { return std::nearbyint(v); });  // half to even, as np.rint
-                  }
-                },
+  t["floor"] = {[](KernelCall& c) { rounding(c, [](auto v) { return std::floor(v); }); }, require_no_f16};
+  t["ceil"] = {[](KernelCall& c) { rounding(c, [](auto v) { return std::ceil(v); }); }, require_no_f16};
+  t["trunc"] = {[](KernelCall& c) { rounding(c, [](auto v) { return std::trunc(v); }); }, require_no_f16};
+  t["round"] = {[](KernelCall& c) { rounding(c, [](auto v) { return std::nearbyint(v); }); },  // half to even, as np.rint
                 require_no_f16};
   t["neg"] = {[](KernelCall& c) { map_number(c, [](auto v) { return -v; }); }, check_number};
   t["abs"] = {[](KernelCall& c) {
