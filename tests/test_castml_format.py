@@ -23,7 +23,7 @@ from exporters.errors import ExportError
 from runtime import format as F
 from runtime.format import regenerate
 from runtime.format.castml_fb import Attr, Dim, Entry, Graph, KeyValue, Model, Op, Region, Tensor, Value
-from tests.helpers import assert_agree
+from tests.helpers import assert_agree, build_native
 from tracer import TensorSpec
 from tracer import ops as nn
 
@@ -370,18 +370,22 @@ def _nested(depth: int) -> dict:
 MALFORMED["regions nested 17 deep"] = (_nested(17), "regions nest deeper than 16")
 
 
+@pytest.mark.parametrize("backend", ["numpy", "native"])
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_file_gives_model_format_error(case, tmp_path):
+def test_malformed_file_gives_model_format_error(case, backend, tmp_path):
+    """Both loaders (the C++ one mirrors runtime/loader.py's checks) refuse alike, from a path or bytes."""
+    if backend == "native":
+        build_native()
     spec, match = MALFORMED[case]
     data = spec if isinstance(spec, bytes) else _hand_model(**spec)
     p = tmp_path / "bad.castml"
     p.write_bytes(data)
     if match is None:
-        runtime.load(p)
+        runtime.load(p, backend=backend)
         return
     for source in (p, data):
         with pytest.raises(runtime.ModelFormatError, match=match):
-            runtime.load(source)
+            runtime.load(source, backend=backend)
 
 
 def test_nesting_16_deep_is_accepted_by_the_loader():
