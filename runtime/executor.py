@@ -62,6 +62,7 @@ def _has_symbols(v: Any) -> bool:
 
 
 _generation = [0]  # bumped whenever a step's kernel changes, so compiled loops are rebuilt
+BOUND = 3  # the arity code of a step bound to fixed arrays (runtime.schedule): its kernel is a tuple of calls
 
 
 class _Step:
@@ -244,7 +245,8 @@ class Program:
         """Run with checked inputs and bound symbols (used by regions and by `run`).
 
         With a memory plan attached, the call takes an arena of its own, planned steps write
-        into it, and results that could alias it are copied before it is given back.
+        into it, and results that could alias it are copied before it is given back. From an
+        arena's second call on, its bound schedule (runtime.schedule) runs instead.
         """
         fresh = slots is None
         if fresh:
@@ -260,9 +262,16 @@ class Program:
             if arena is None:
                 self._loop(slots, env, None, hook, fresh)
                 return [slots[i] for i in self.outputs]
-            self._loop(slots, env, arena.buffers, hook, fresh)
-            data = arena.data
-            return [o.copy() if isinstance(o, np.ndarray) and np.may_share_memory(o, data) else o
+            bound, owned = arena.bound, (arena.data,)
+            if bound and fresh and hook is None and bound.usable():
+                slots = bound.enter(arrays)
+                self._loop(slots, env, arena.buffers, None, True, bound.steps)
+                owned += tuple(bound.owned)
+            else:
+                self._loop(slots, env, arena.buffers, hook, fresh)
+                if bound is None and fresh and hook is None:  # the arena's first call: bind the rest
+                    arena.bound = planner.bind(arena, env, slots) or False
+            return [o.copy() if isinstance(o, np.ndarray) and any(np.may_share_memory(o, d) for d in owned) else o
                     for o in (slots[i] for i in self.outputs)]
         finally:
             if arena is not None:
@@ -284,17 +293,22 @@ class Program:
         return compiled
 
     def _loop(self, slots: list, env: dict[str, int], buffers: list | None, hook: Callable | None,
-              consts_placed: bool = False) -> None:
+              consts_placed: bool = False, compiled: list | None = None) -> None:
         s = None
         if hook is not None:
             return self._loop_general(slots, env, buffers, hook)
-        compiled = self._compiled if self._compiled_gen == _generation[0] else self._compile()
+        if compiled is None:
+            compiled = self._compiled if self._compiled_gen == _generation[0] else self._compile()
         if not consts_placed:
             for i, value in self._consts:
                 slots[i] = value
         with np.errstate(all="ignore"):
             try:
                 for s, j, code, kernel, okernel, get, out0, attrs, free in compiled:
+                    if code == BOUND:
+                        for call in kernel:
+                            call()
+                        continue
                     buf = None if buffers is None else buffers[j]
                     if code == 1:
                         if buf is None:

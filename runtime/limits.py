@@ -241,13 +241,7 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
     ...
     runtime.errors.RuntimeInputError: %1 = tile(%0): the output would take 16000 bytes, more than ...
     """
-    from .kernels.elementwise import KERNELS as ELEMENTWISE
-
-    rule = SIZE_RULES.get(kind) or (_broadcast_upper if kind in ELEMENTWISE else None)
-
-    # broadcasting and matmul outputs hold at most the product of their inputs' sizes: when that
-    # product is small (the usual case) the exact rule is skipped, keeping the guard ~1 us an op
-    product_bounded = rule is _broadcast_upper or kind in ("matmul", "gemm", "einsum", "gather")
+    rule, product_bounded = _rule(kind)
     what = "the output or its im2col workspace would take" if rule is _conv_upper else "the output would take"
 
     # a rule reads only the inputs' shapes and the step's fixed attributes: its result is kept per
@@ -277,6 +271,40 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
         return _checked_out(kernel(*ins, **attrs), lim, label, n_out)
 
     return guarded
+
+
+def _rule(kind: str) -> tuple[Callable | None, bool]:
+    """(size rule, product-bounded) of `kind`: broadcasting and matmul outputs hold at most the
+    product of their inputs' sizes, so when that product is small (the usual case) the exact rule
+    is skipped, keeping the guard ~1 us an op."""
+    from .kernels.elementwise import KERNELS as ELEMENTWISE
+
+    rule = SIZE_RULES.get(kind) or (_broadcast_upper if kind in ELEMENTWISE else None)
+    return rule, rule is _broadcast_upper or kind in ("matmul", "gemm", "einsum", "gather")
+
+
+def guard_threshold(kind: str, ins: tuple, attrs: dict, itemsize: int) -> int:
+    """The least `max_tensor_bytes` under which `guard_kernel` lets a call of `kind` on inputs
+    shaped like `ins` run (its check of the outputs aside): callers that run such a call without
+    the guard (runtime.schedule) compare this number with the limit in force instead.
+
+    >>> guard_threshold("tile", (np.ones(2),), {"reps": (1000,)}, 8)
+    16000
+    >>> guard_threshold("add", (np.ones(3), np.ones(3)), {}, 8)
+    24
+    """
+    rule, product_bounded = _rule(kind)
+    bound = itemsize
+    for x in ins:
+        bound *= getattr(x, "size", 1)
+    first = bound if product_bounded and bound > 0 else None
+    n = 0
+    if rule is not None:
+        try:
+            n = rule(ins, attrs)
+        except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+            n = 0
+    return min(n * itemsize, first) if first is not None else n * itemsize
 
 
 def _results(out, n_out: int, label: str) -> tuple:
@@ -357,5 +385,5 @@ def check_plan(values: list, env: dict, where: str) -> None:
                                     f"({how_to_raise('max_intermediate_bytes')})")
 
 
-__all__ = ["Limits", "current", "set_limits", "restore", "limits", "how_to_raise", "guard_kernel", "guard_arity",
-           "check_plan", "SIZE_RULES"]
+__all__ = ["Limits", "current", "set_limits", "restore", "limits", "how_to_raise", "guard_kernel", "guard_threshold",
+           "guard_arity", "check_plan", "SIZE_RULES"]

@@ -32,9 +32,10 @@ from .errors import RuntimeInputError
 from .executor import Program, ProgramSpec
 from .kernels.fused import IN_PLACE, out_kernel
 from .kernels.fused_elementwise import region_out_kernel
+from .kernels.shape import VIEW_KINDS
+from .schedule import BoundSchedule, bind
 
 ALIGN = 16  # what malloc gives NumPy; BLAS and the ufunc loops need no more
-VIEW_KINDS = frozenset({"reshape", "transpose", "broadcast_to", "slice", "stop_gradient", "split"})
 _POOL_IDLE = 4  # arenas kept per symbol binding
 _PLANS_KEPT = 8  # symbol bindings whose plans are cached
 
@@ -236,6 +237,11 @@ class BufferPlanner:
             return None
         return _Arena(self, plan, entry[1], entry[2])
 
+    def bind(self, arena: _Arena, env: Mapping[str, int], first: list) -> BoundSchedule | None:
+        """The bound schedule of `arena` after its first call left `first` (`runtime.schedule.bind`):
+        only the input symbols are fixed for an arena, not the sizes a call found in its data."""
+        return bind(self.program, arena.buffers, {s: env[s] for s in self.symbols}, first, self.out_kernels)
+
     def give(self, arena: _Arena) -> None:
         """Return an arena taken by `take` once the call's results no longer alias it."""
         with self._lock:
@@ -244,15 +250,17 @@ class BufferPlanner:
 
 
 class _Arena:
-    """One call's buffers: `buffers[step]` is the array that step writes (or None)."""
+    """One call's buffers: `buffers[step]` is the array that step writes (or None), and `bound`, the
+    schedule bound to them after the first call (runtime.schedule)."""
 
-    __slots__ = ("data", "buffers", "pool")
+    __slots__ = ("data", "buffers", "pool", "bound")
 
     def __init__(self, planner: BufferPlanner, plan: MemoryPlan, pool: list, env: dict[str, int]):
         raw = np.empty(plan.arena_bytes + ALIGN, np.uint8)
         start = (-raw.ctypes.data) % ALIGN
         self.data = raw[start:start + plan.arena_bytes]
         self.pool = pool
+        self.bound: BoundSchedule | None | bool = None  # None: not tried yet; False: nothing to bind
         self.buffers: list = [None] * len(planner.spec.steps)
         for v, root in [(v, v) for v in plan.offsets] + list(plan.shared.items()):
             off = plan.offsets[root]

@@ -12,6 +12,10 @@ def _slices(starts, stops, steps) -> tuple:
     return tuple(slice(a, b if b >= 0 else None, s) for a, b, s in zip(starts, stops, steps))
 
 
+# kinds whose results are views of their first input (the memory plan keeps that input's storage alive)
+VIEW_KINDS = frozenset({"reshape", "transpose", "broadcast_to", "slice", "stop_gradient", "split"})
+
+
 def reshape(x: np.ndarray, *, shape: tuple) -> np.ndarray:
     """`x.reshape(shape)`.
 
