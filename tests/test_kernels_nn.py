@@ -385,6 +385,29 @@ def test_conv_1x1_is_a_matmul_on_a_view(group, dtype):
     assert_agree(nn.conv(x, w, b, group=group), onnx_ref("Conv", [x, w, b], group=group))
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("shape, w_shape, args", [
+    ((1, 1, 28, 28), (6, 1, 5, 5), {}),  # LeNet's first conv
+    ((2, 6, 12, 12), (16, 3, 5, 5), {"group": 2, "pads": (1, 0, 2, 1)}),
+    ((1, 2, 6, 7, 5), (3, 2, 2, 2, 2), {"dilations": (2, 1, 1), "pads": (0, 1, 0, 0, 0, 0)}),
+])
+def test_conv_over_whole_rows_matches_onnx(shape, w_shape, args, dtype):
+    rng = rng_for("rows", shape, dtype)
+    x = rng.normal(size=shape).astype(dtype)
+    w = rng.normal(size=w_shape).astype(dtype)
+    b = rng.normal(size=w_shape[0]).astype(dtype)
+    plan = conv_module._conv_plan(x, w, args.get("strides"), args.get("pads"), args.get("dilations"),
+                                  args.get("group", 1))
+    assert plan.mode == "rows"
+    ref = onnx_ref("Conv", [x, w, b], **{k: list(v) if isinstance(v, tuple) else v for k, v in args.items()})
+    assert_agree(nn.conv(x, w, b, **args), ref)
+    assert_agree(nn.conv(x, w, **args), onnx_ref("Conv", [x, w], **{k: list(v) if isinstance(v, tuple) else v
+                                                                     for k, v in args.items()}))
+    dst = np.full(ref.shape, np.nan, dtype)
+    assert conv_module.conv_into(dst, x, w, b, **args) is dst
+    assert_agree(dst, ref)
+
+
 @pytest.mark.parametrize("mult", [1, 2])
 def test_depthwise_conv_matches_onnx(mult):
     rng = rng_for("dw", mult)

@@ -47,12 +47,12 @@ def as_view(a: np.ndarray, shape: tuple) -> np.ndarray | None:
 SMALL_BYTES = 64 << 10
 
 
-def _add_bias(out: np.ndarray, bias: np.ndarray) -> Callable[[], object]:
-    """`np.add(out, bias, out=out)`; a small bias is broadcast to `out`'s shape once (a broadcast
-    add costs ~0.8 us more per call than one of equal shapes; the sums are the same)."""
+def _add_bias(out: np.ndarray, bias: np.ndarray, y: np.ndarray | None = None) -> Callable[[], object]:
+    """`np.add(y, bias, out=out)` (y defaults to out); a small bias is broadcast to `out`'s shape
+    once (a broadcast add costs ~0.8 us more per call than one of equal shapes; same sums)."""
     if bias.shape != out.shape and out.nbytes <= SMALL_BYTES:
         bias = np.broadcast_to(bias, out.shape).copy()
-    return partial(np.add, out, bias, out=out)
+    return partial(np.add, out if y is None else y, bias, out=out)
 
 
 def _scratch_view(scratch: dict[str, np.ndarray], name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
@@ -116,8 +116,8 @@ def bind_matmul(ins: Sequence[np.ndarray], out: np.ndarray) -> Binding:
 
 def bind_conv(ins: Sequence[np.ndarray], out: np.ndarray, *, strides, pads, dilations, group: int,
               activation: str = "none") -> Binding | None:
-    """`conv.conv_into` (im2col + GEMM, or a 1x1 GEMM) then the activation; None for the
-    depthwise and Winograd methods and for dtypes the work dtype would change.
+    """`conv.conv_into` (im2col + GEMM, by columns or rows, or a 1x1 GEMM) then the activation;
+    None for the depthwise and Winograd methods and for dtypes the work dtype would change.
 
     >>> out = np.empty((1, 1, 2))
     >>> needs, make = bind_conv([np.ones((1, 1, 3)), np.ones((1, 1, 2)), np.array([0.5])], out,
@@ -130,14 +130,14 @@ def bind_conv(ins: Sequence[np.ndarray], out: np.ndarray, *, strides, pads, dila
     x, w, *b = ins
     dt = x.dtype
     plan = C._conv_plan(x, w, strides, pads, dilations, group)
-    if (plan.mode not in ("gemm", "pointwise") or plan.work != dt or w.dtype != dt or out.dtype != dt
+    if (plan.mode not in ("gemm", "rows", "pointwise") or plan.work != dt or w.dtype != dt or out.dtype != dt
             or out.shape != plan.y_shape or not out.flags.c_contiguous or not x.flags.c_contiguous
             or min(plan.begins + plan.ends) < 0):  # (negative pads crop)
         return None
     n, g, k, p = plan.cols_shape
     m = plan.m
     wm = as_view(w, (g, m // g, k))
-    dst = as_view(out, (n, g, m // g, p))
+    dst = plan.rows_shape if plan.mode == "rows" else as_view(out, (n, g, m // g, p))
     if wm is None or dst is None:
         return None
     padded = any(plan.begins) or any(plan.ends)
@@ -145,8 +145,10 @@ def bind_conv(ins: Sequence[np.ndarray], out: np.ndarray, *, strides, pads, dila
     needs = {}
     if padded:
         needs["pad"] = math.prod(pad_shape) * dt.itemsize
-    if plan.mode == "gemm":
+    if plan.mode != "pointwise":
         needs["cols"] = n * g * k * p * dt.itemsize
+    if plan.mode == "rows":
+        needs["rows"] = math.prod(plan.rows_shape) * dt.itemsize
 
     def make(scratch: dict[str, np.ndarray]) -> Calls:
         calls: Calls = []
@@ -165,9 +167,16 @@ def bind_conv(ins: Sequence[np.ndarray], out: np.ndarray, *, strides, pads, dila
             cols = _scratch_view(scratch, "cols", plan.cols_shape, dt)
             win = np.ndarray(plan.win_shape, dt, xp, 0, plan.win_strides)
             calls.append(partial(np.copyto, cols.reshape(plan.win_shape), win))
-        calls.append(partial(np.matmul, wm, cols, out=dst))
-        if b:
-            calls.append(_add_bias(out, b[0].reshape(C._bias_shape(m, plan.nd))))
+        bias = b[0].reshape(C._bias_shape(m, plan.nd)) if b else None
+        if plan.mode == "rows":  # the GEMM into scratch, read back through a strided view
+            rows = _scratch_view(scratch, "rows", plan.rows_shape, dt)
+            calls.append(partial(np.matmul, wm, cols, out=rows))
+            view = np.ndarray(plan.y_shape, dt, rows, 0, plan.rows_strides)
+            calls.append(partial(np.copyto, out, view) if bias is None else _add_bias(out, bias, view))
+        else:
+            calls.append(partial(np.matmul, wm, cols, out=dst))
+            if bias is not None:
+                calls.append(_add_bias(out, bias))
         return calls + _activation(out, activation)
 
     return needs, make
