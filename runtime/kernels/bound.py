@@ -137,8 +137,8 @@ def bind_conv(ins: Sequence[np.ndarray], out: np.ndarray, *, strides, pads, dila
     n, g, k, p = plan.cols_shape
     m = plan.m
     wm = as_view(w, (g, m // g, k))
-    dst = plan.rows_shape if plan.mode == "rows" else as_view(out, (n, g, m // g, p))
-    if wm is None or dst is None:
+    dst = None if plan.mode == "rows" else as_view(out, (n, g, m // g, p))  # (rows: the GEMM goes to scratch)
+    if wm is None or (dst is None and plan.mode != "rows"):
         return None
     padded = any(plan.begins) or any(plan.ends)
     pad_shape = x.shape[:2] + tuple(s + lo + hi for s, lo, hi in zip(x.shape[2:], plan.begins, plan.ends))

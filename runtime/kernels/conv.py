@@ -188,7 +188,7 @@ class _ConvPlan:
                             + ((item,) if self.mode == "rows" else tuple(el[2 + i] * strides[i] for i in range(nd))))
         # the GEMM result (N, group, M/group, Q) read as (N, M, *out)
         self.rows_shape = (n, group, m // group, q)
-        self.rows_strides = (m * q * item, q * item) + tuple(e for e in el[2:])
+        self.rows_strides = (m * q * item, q * item) + tuple(el[2:])
 
 
 _conv_plans: dict = {}
@@ -344,13 +344,13 @@ def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.n
 # instead of 36, done as 16 GEMMs (M x C times C x tiles) in one batched matmul, 2.25x fewer
 # FLOPs than im2col for 3x3 stride-1 convs (PERF_NOTES.md). The transforms are adds only.
 
-# below these the transforms cost more than the GEMM saves (measured: 16 channels at 32x32 0.6x,
-# 64-256 channels at 56-14 px 1.2-2x, 512 channels at 7x7 (16 tiles) 1.0x)
 # "rows" im2col saves prod(out[:-1]) - 1 copy runs per input channel and tap (~2.5 ns each) and
 # costs 2 * M/group * (Q - prod(out)) GEMM flops more (~0.01 ns each): one run ~ 250 flops.
 # LeNet's 5x5 convs at 24x24 and 8x8 out, bound with bias and relu: 6.0 -> 5.2 us, 7.4 -> 6.5 us;
 # ResNet's 512-channel 3x3 convs at 7x7 keep the columns (24% more flops, few runs saved).
 _RUN_FLOPS = 250
+# below these the transforms cost more than the GEMM saves (measured: 16 channels at 32x32 0.6x,
+# 64-256 channels at 56-14 px 1.2-2x, 512 channels at 7x7 (16 tiles) 1.0x)
 _WINOGRAD_MIN_CHANNELS = 64
 _WINOGRAD_MIN_TILES = 32
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
