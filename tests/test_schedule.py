@@ -3,6 +3,9 @@ bits of the usual path, results never alias the schedule's arrays, and the limit
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -121,6 +124,33 @@ def test_results_never_alias_the_schedule():
         assert_agree(twice, x * 2.0)
         assert_agree(relu, np.maximum(x, 0.0))
         assert flat.flags.writeable and twice.flags.writeable
+
+
+def test_threads_share_a_session_with_bound_arenas():
+    fn, specs, inputs = CASES["cnn"]
+    sess, usual = _sessions(ir.optimize(tracer.trace(fn, *specs(1))))
+    xs = [inputs(b) for b in (1, 2, 3, 1, 2, 3)]
+    refs = [usual.run(*x) for x in xs]
+    errors: list = []
+
+    def work(k: int) -> None:
+        for i in range(300):
+            j = (k + i) % len(xs)
+            if not np.array_equal(sess.run(*xs[j]), refs[j]):
+                errors.append((k, i))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads between any two bound calls
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert len(_schedules(sess)) >= 3  # an arena per batch size at least, each bound once
 
 
 def test_limits_still_hold_once_bound():
