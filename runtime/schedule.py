@@ -114,7 +114,7 @@ def bind(program: Program, buffers: list, env: dict[str, int], first: list,
                                           first[s.out0] if s.out0 in outputs else None)
             except Exception:  # (the usual path reports it, with the step's label)
                 out = binding = None
-        if binding is None and (out is None or s.kind not in VIEW_KINDS):  # the step runs the usual way
+        if out is None:  # the step runs the usual way
             if buffers[j] is not None and out_kernels.get(j) is OUT_KERNELS.get(s.kind):
                 fixed[s.out0] = buffers[j]  # (an out= kernel writes its buffer and returns it)
             steps.append(entry)
