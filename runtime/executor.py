@@ -262,16 +262,15 @@ class Program:
             if arena is None:
                 self._loop(slots, env, None, hook, fresh)
                 return [slots[i] for i in self.outputs]
-            bound, owned = arena.bound, (arena.data,)
+            bound, data = arena.bound, arena.data
             if bound and fresh and hook is None and bound.usable():
                 slots = bound.enter(arrays)
                 self._loop(slots, env, arena.buffers, None, True, bound.steps)
-                owned += tuple(bound.owned)
-            else:
-                self._loop(slots, env, arena.buffers, hook, fresh)
-                if bound is None and fresh and hook is None:  # the arena's first call: bind the rest
-                    arena.bound = planner.bind(arena, env, slots) or False
-            return [o.copy() if isinstance(o, np.ndarray) and any(np.may_share_memory(o, d) for d in owned) else o
+                return bound.results(slots, data)
+            self._loop(slots, env, arena.buffers, hook, fresh)
+            if bound is None and fresh and hook is None:  # the arena's first call: bind the rest
+                arena.bound = planner.bind(arena, env, slots) or False
+            return [o.copy() if isinstance(o, np.ndarray) and np.may_share_memory(o, data) else o
                     for o in (slots[i] for i in self.outputs)]
         finally:
             if arena is not None:

@@ -228,7 +228,13 @@ class BufferPlanner:
 
     def take(self, env: Mapping[str, int]) -> _Arena | None:
         """An arena for one call (from the pool, or new); None when nothing is planned."""
-        entry = self._entry(self._key(env))
+        key = self._key(env)
+        with self._lock:  # (the usual case, an idle arena of a known binding: one lock)
+            entry = self._plans.get(key)
+            if entry is not None and entry[1]:
+                self._plans.move_to_end(key)
+                return entry[1].pop()
+        entry = self._entry(key)
         with self._lock:
             if entry[1]:
                 return entry[1].pop()

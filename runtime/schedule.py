@@ -45,7 +45,8 @@ class BoundSchedule:
     `template` the slots with every fixed array in place, `staged` the (input position, array)
     pairs copied in before a call, `loose` the (input position, slot) pairs passed as they are,
     `owned` the schedule's own arrays (results that may alias them are copied), `need_bytes` the
-    least `max_tensor_bytes` the bound steps need, and `bound` how many steps are bound.
+    least `max_tensor_bytes` the bound steps need, `bound` how many steps are bound, and
+    `outputs` each graph output's slot with its fixed array (None when computed per call).
     """
 
     steps: list
@@ -56,10 +57,22 @@ class BoundSchedule:
     need_bytes: int
     bound: int
     generation: int
+    outputs: list[tuple[int, np.ndarray | None]]
 
     def usable(self) -> bool:
         """Whether the kernels are the ones bound and the limits in force admit every bound step."""
         return self.generation == _generation[0] and self.need_bytes <= limits.current().max_tensor_bytes
+
+    def results(self, slots: list, data: np.ndarray) -> list:
+        """A call's results, copied where they are or may view the arena's `data` or the
+        schedule's arrays (a result that is a fixed array always is: copied without a check)."""
+        out = []
+        for i, fixed in self.outputs:
+            o = slots[i]
+            if o is fixed or isinstance(o, np.ndarray) and any(np.may_share_memory(o, d) for d in (data, *self.owned)):
+                o = o.copy()
+            out.append(o)
+        return out
 
     def enter(self, arrays: Sequence[np.ndarray]) -> list:
         """A call's slots: the template, the staged inputs copied in and the others put in place."""
@@ -145,7 +158,8 @@ def bind(program: Program, buffers: list, env: dict[str, int], first: list,
     for i, a in fixed.items():
         template[i] = a
     owned = [a for _, a in staged] + results + list(scratch.values())
-    return BoundSchedule(steps, template, staged, loose, owned, need_bytes, len(makers), _generation[0])
+    return BoundSchedule(steps, template, staged, loose, owned, need_bytes, len(makers), _generation[0],
+                         [(i, fixed.get(i)) for i in program.outputs])
 
 
 def _bind_step(s: Any, ins: list, attrs: dict, buf: np.ndarray | None, kernel: Any,
