@@ -23,7 +23,7 @@ from functools import partial
 import numpy as np
 
 from . import conv as C
-from . import fused
+from . import fused, special
 from .elementwise import UFUNCS
 
 Calls = list[Callable[[], object]]
@@ -67,10 +67,7 @@ def _activation(out: np.ndarray, activation: str) -> Calls:
     if activation == "relu" and out.dtype.kind == "f" and out.size <= fused._BLOCK:
         flat = as_view(out, (-1,))
         if flat is not None:  # what _relu_inplace does, with its zeros block sliced once
-            zeros = fused._zeros.get(out.dtype)
-            if zeros is None:
-                zeros = fused._zeros[out.dtype] = np.zeros(fused._BLOCK, out.dtype)
-            return [partial(np.maximum, flat, zeros[:flat.size], out=flat)]
+            return [partial(np.maximum, flat, special.zeros_block(out.dtype)[:flat.size], out=flat)]
     return [partial(fused._activate_inplace, out, activation)]
 
 

@@ -58,16 +58,13 @@ KERNELS = {"gemm": gemm, "fused_conv": fused_conv}
 
 # --- out= variants -----------------------------------------------------------------------------
 
-_BLOCK = 1 << 15
-_zeros: dict[np.dtype, np.ndarray] = {}
+_BLOCK = special._BLOCK
 
 
 def _relu_inplace(y: np.ndarray) -> None:
     """y = max(y, 0) in place, in blocks against cached zeros (a scalar 0 runs 2-3x slower)."""
     flat = y.reshape(-1)
-    zeros = _zeros.get(y.dtype)
-    if zeros is None:
-        zeros = _zeros[y.dtype] = np.zeros(_BLOCK, y.dtype)
+    zeros = special.zeros_block(y.dtype)
     n = flat.size
     if n <= _BLOCK:
         np.maximum(flat, zeros[:n], out=flat)

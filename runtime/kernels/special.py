@@ -148,14 +148,23 @@ def _apply_into(fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _positive_part(v: np.ndarray) -> np.ndarray:
-    """max(v, 0) for a block, against cached zeros: `np.maximum(v, 0)` with a scalar runs a
-    loop 2-3x slower than with an array of the same shape (PERF_NOTES.md)."""
-    zeros = _zeros_cache.get(v.dtype)
+def zeros_block(dtype: np.dtype) -> np.ndarray:
+    """A cached read-only array of `_BLOCK` zeros of `dtype`: `np.maximum(v, 0)` with a scalar
+    runs a loop 2-3x slower than against zeros of v's shape (PERF_NOTES.md), so slice this.
+
+    >>> zeros_block(np.dtype(np.float32))[:3]
+    array([0., 0., 0.], dtype=float32)
+    """
+    zeros = _zeros_cache.get(dtype)
     if zeros is None:
-        zeros = _zeros_cache[v.dtype] = np.zeros(_BLOCK, v.dtype)
+        zeros = _zeros_cache[dtype] = np.zeros(_BLOCK, dtype)
         zeros.flags.writeable = False
-    return np.maximum(v, zeros[: v.size])
+    return zeros
+
+
+def _positive_part(v: np.ndarray) -> np.ndarray:
+    """max(v, 0) for a block, against cached zeros."""
+    return np.maximum(v, zeros_block(v.dtype)[: v.size])
 
 
 def erf(x: np.ndarray) -> np.ndarray:
