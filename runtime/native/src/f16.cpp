@@ -46,35 +46,30 @@ U round_shift(U mant, int drop) {
   const U kept = mant >> drop, rest = mant & ((U(1) << drop) - 1), half = U(1) << (drop - 1);
   return (rest > half || (rest == half && (kept & 1))) ? kept + 1 : kept;
 }
+
+// An IEEE binary value (U its bits; kMant mantissa bits, kBias exponent bias) rounded to half.
+template <class U, int kMant, int kBias, class F>
+uint16_t to_half(F value) {
+  U bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  constexpr int kBits = 8 * sizeof(U), kDrop = kMant - 10;  // mantissa bits a half does not keep
+  const uint16_t sign = static_cast<uint16_t>((bits >> (kBits - 16)) & 0x8000u);
+  const int e = static_cast<int>((bits >> kMant) & ((U(1) << (kBits - 1 - kMant)) - 1));
+  const U mant = bits & ((U(1) << kMant) - 1);
+  if (e == (1 << (kBits - 1 - kMant)) - 1 && mant)  // NaN, quieted
+    return static_cast<uint16_t>(sign | 0x7e00u | (mant >> kDrop));
+  if (e >= kBias + 16) return static_cast<uint16_t>(sign | 0x7c00u);  // >= 2^16: inf
+  if (e < kBias - 25) return sign;                                    // < 2^-25: zero
+  if (e < kBias - 14)  // a subnormal half (or the smallest normal, by the carry): units of 2^-24
+    return static_cast<uint16_t>(sign | round_shift<U>(mant | (U(1) << kMant), kBias - 14 + kDrop - e));
+  // normal: a mantissa carry runs into the exponent, up to inf, as it should
+  return static_cast<uint16_t>(sign | ((static_cast<U>(e - (kBias - 15)) << 10) + round_shift<U>(mant, kDrop)));
+}
 }  // namespace
 
-uint16_t float_to_half(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-  const int e = static_cast<int>((bits >> 23) & 0xffu);
-  const uint32_t mant = bits & 0x7fffffu;
-  if (e == 0xff && mant) return static_cast<uint16_t>(sign | 0x7e00u | (mant >> 13));  // NaN, quieted
-  if (e >= 143) return static_cast<uint16_t>(sign | 0x7c00u);                            // >= 2^16: inf
-  if (e < 102) return sign;                                                               // < 2^-25: zero
-  if (e < 113)  // a subnormal half (or the smallest normal, by the carry): units of 2^-24
-    return static_cast<uint16_t>(sign | round_shift<uint32_t>(mant | 0x800000u, 126 - e));
-  // normal: a mantissa carry runs into the exponent, up to inf, as it should
-  return static_cast<uint16_t>(sign | ((static_cast<uint32_t>(e - 112) << 10) + round_shift<uint32_t>(mant, 13)));
-}
+uint16_t float_to_half(float f) { return to_half<uint32_t, 23, 127>(f); }
 
-uint16_t double_to_half(double d) {
-  uint64_t bits;
-  std::memcpy(&bits, &d, sizeof bits);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 48) & 0x8000u);
-  const int e = static_cast<int>((bits >> 52) & 0x7ffu);
-  const uint64_t mant = bits & 0xfffffffffffffull;
-  if (e == 0x7ff && mant) return static_cast<uint16_t>(sign | 0x7e00u | (mant >> 42));
-  if (e >= 1039) return static_cast<uint16_t>(sign | 0x7c00u);
-  if (e < 998) return sign;
-  if (e < 1009) return static_cast<uint16_t>(sign | round_shift<uint64_t>(mant | (uint64_t{1} << 52), 1051 - e));
-  return static_cast<uint16_t>(sign | ((static_cast<uint64_t>(e - 1008) << 10) + round_shift<uint64_t>(mant, 42)));
-}
+uint16_t double_to_half(double d) { return to_half<uint64_t, 52, 1023>(d); }
 
 // ---- n values ----------------------------------------------------------------------------------
 
