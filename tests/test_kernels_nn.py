@@ -380,7 +380,8 @@ def test_conv_1x1_is_a_matmul_on_a_view(group, dtype):
     x = rng.normal(size=(2, 4, 5, 6)).astype(dtype)
     w = rng.normal(size=(6, 4 // group, 1, 1)).astype(dtype)
     b = rng.normal(size=6).astype(dtype)
-    cols = conv_module._im2col(x, group, (1, 1), (1, 1), (1, 1), (5, 6))
+    cols = conv_module._im2col(conv_module._conv_plan(x, np.zeros((6, 4 // group, 1, 1), dtype), None, None, None,
+                                                      group), x)
     assert np.shares_memory(cols, x)
     assert_agree(nn.conv(x, w, b, group=group), onnx_ref("Conv", [x, w, b], group=group))
 

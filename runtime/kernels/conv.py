@@ -164,7 +164,7 @@ class _ConvPlan:
         elif (nd == 2 and kernel == (3, 3) and strides == (1, 1) and dilations == (1, 1) and group == 1
               and work in (np.float32, np.float64) and min(m, cg) >= _WINOGRAD_MIN_CHANNELS
               and n * ((padded[0] - 1) // 2) * ((padded[1] - 1) // 2) >= _WINOGRAD_MIN_TILES):
-            self.mode = "winograd"  # (the test of _use_winograd, on shapes)
+            self.mode = "winograd"
         elif all(k == 1 for k in kernel) and all(st == 1 for st in strides):
             self.mode = "pointwise"
         else:
@@ -213,15 +213,6 @@ def _conv_plan(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group: in
     return plan
 
 
-def _conv_setup(x, w, strides, pads, dilations, group: int):
-    """Checked conv operands: (padded x, w, kernel, strides, dilations, out spatial dims), all in
-    the work dtype."""
-    x, w = np.asarray(x), np.asarray(w)
-    plan = _conv_plan(x, w, strides, pads, dilations, group)
-    xp, w = _conv_operands(plan, x, w)
-    return xp, w, plan.kernel, plan.strides, plan.dilations, plan.out
-
-
 def _conv_operands(plan: _ConvPlan, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(padded x, w), both in the work dtype; the padded input lives in a per-thread workspace."""
     xp = x.astype(plan.work, copy=False)
@@ -235,16 +226,7 @@ def _gemm_conv(plan: _ConvPlan, xp: np.ndarray, w: np.ndarray, dst: np.ndarray |
     buffer when given): (N, group, M/group, prod(out)). In "rows" mode the result is a strided
     (N, M, *out) view of a workspace instead, and `dst` is not written."""
     g, m = plan.group, plan.m
-    if plan.mode == "pointwise":
-        cols = xp.reshape(plan.cols_shape)
-    else:
-        cols = _workspace("conv_cols", plan.cols_shape, xp.dtype)
-        if plan.mode == "rows" or xp.flags.c_contiguous:  # one strided view (np.ndarray ~0.3 us, as_strided ~2.5)
-            xp = np.ascontiguousarray(xp)
-            win = np.ndarray(plan.win_shape, xp.dtype, xp, 0, plan.win_strides)
-        else:
-            win = _windows(xp, plan.kernel, plan.strides, plan.dilations, plan.out)
-        np.copyto(cols.reshape(plan.win_shape), win)
+    cols = _im2col(plan, xp)
     wm = w.reshape(g, m // g, -1)
     if plan.mode == "rows":
         rows = np.matmul(wm, cols, out=_workspace("conv_rows", plan.rows_shape, xp.dtype))
@@ -325,18 +307,28 @@ def _windows(xp: np.ndarray, kernel, strides, dilations, out) -> np.ndarray:
                       + tuple(st * s for st, s in zip(sp, strides)), writeable=False)
 
 
-def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.ndarray:
-    """(N, group, C/group * prod(kernel), prod(out)) columns of the padded input; a view when
-    the conv is 1x1 with stride 1. The windows are one strided view in (N, C, *K, *out) order
-    (built directly: `sliding_window_view` costs ~15 us of Python per call), so the copy reads
-    along output rows, mostly contiguous."""
-    n, c = xp.shape[:2]
-    if all(k == 1 for k in kernel) and all(s == 1 for s in strides):
-        return xp.reshape(n, group, c // group, -1)
-    win = _windows(xp, kernel, strides, dilations, out)
-    cols = _workspace("conv_cols", (n, group, (c // group) * math.prod(kernel), math.prod(out)), xp.dtype)
-    np.copyto(cols.reshape(win.shape), win)
+def _im2col(plan: _ConvPlan, xp: np.ndarray) -> np.ndarray:
+    """The `plan.cols_shape` columns of the padded input: a view in "pointwise" mode (1x1,
+    stride 1), else a copy into a per-thread workspace. The windows are one strided view in
+    (N, C, *K, *out) order ("rows": (N, C, *K, Q)), so the copy reads along output rows, mostly
+    contiguous; built directly (np.ndarray ~0.3 us, as_strided ~2.5, sliding_window_view ~15)."""
+    if plan.mode == "pointwise":
+        return xp.reshape(plan.cols_shape)
+    cols = _workspace("conv_cols", plan.cols_shape, xp.dtype)
+    if plan.mode == "rows" or xp.flags.c_contiguous:
+        xp = np.ascontiguousarray(xp)
+        win = np.ndarray(plan.win_shape, xp.dtype, xp, 0, plan.win_strides)
+    else:
+        win = _windows(xp, plan.kernel, plan.strides, plan.dilations, plan.out)
+    np.copyto(cols.reshape(plan.win_shape), win)
     return cols
+
+
+# "rows" im2col saves prod(out[:-1]) - 1 copy runs per input channel and tap (~2.5 ns each) and
+# costs 2 * M/group * (Q - prod(out)) GEMM flops more (~0.01 ns each): one run ~ 250 flops.
+# LeNet's 5x5 convs at 24x24 and 8x8 out, bound with bias and relu: 6.0 -> 5.2 us, 7.4 -> 6.5 us;
+# ResNet's 512-channel 3x3 convs at 7x7 keep the columns (24% more flops, few runs saved).
+_RUN_FLOPS = 250
 
 
 # --- Winograd F(2x2, 3x3) -----------------------------------------------------------------------
@@ -344,11 +336,6 @@ def _im2col(xp: np.ndarray, group: int, kernel, strides, dilations, out) -> np.n
 # instead of 36, done as 16 GEMMs (M x C times C x tiles) in one batched matmul, 2.25x fewer
 # FLOPs than im2col for 3x3 stride-1 convs (PERF_NOTES.md). The transforms are adds only.
 
-# "rows" im2col saves prod(out[:-1]) - 1 copy runs per input channel and tap (~2.5 ns each) and
-# costs 2 * M/group * (Q - prod(out)) GEMM flops more (~0.01 ns each): one run ~ 250 flops.
-# LeNet's 5x5 convs at 24x24 and 8x8 out, bound with bias and relu: 6.0 -> 5.2 us, 7.4 -> 6.5 us;
-# ResNet's 512-channel 3x3 convs at 7x7 keep the columns (24% more flops, few runs saved).
-_RUN_FLOPS = 250
 # below these the transforms cost more than the GEMM saves (measured: 16 channels at 32x32 0.6x,
 # 64-256 channels at 56-14 px 1.2-2x, 512 channels at 7x7 (16 tiles) 1.0x)
 _WINOGRAD_MIN_CHANNELS = 64
@@ -356,13 +343,6 @@ _WINOGRAD_MIN_TILES = 32
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 _filters: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(weights) -> (weights, transformed)
 _filters_lock = threading.Lock()
-
-
-def _use_winograd(xp: np.ndarray, w: np.ndarray, kernel, strides, dilations, group: int) -> bool:
-    return (len(kernel) == 2 and tuple(kernel) == (3, 3) and tuple(strides) == (1, 1)
-            and tuple(dilations) == (1, 1) and group == 1 and xp.dtype in (np.float32, np.float64)
-            and w.dtype == xp.dtype and min(w.shape[:2]) >= _WINOGRAD_MIN_CHANNELS
-            and xp.shape[0] * ((xp.shape[2] - 1) // 2) * ((xp.shape[3] - 1) // 2) >= _WINOGRAD_MIN_TILES)
 
 
 def _winograd_filter(w: np.ndarray) -> np.ndarray:
