@@ -438,6 +438,11 @@ def _gelu_erf32(v: np.ndarray) -> np.ndarray:
     return y
 
 
+# (dtype, approximate) -> the per-block function of `gelu_into`
+_GELU_BLOCKS = {(np.dtype(np.float32), "none"): _gelu_erf32, (np.dtype(np.float32), "tanh"): _gelu_tanh,
+                (np.dtype(np.float64), "none"): _gelu_erf, (np.dtype(np.float64), "tanh"): _gelu_tanh}
+
+
 def gelu_into(out: np.ndarray, x: np.ndarray, *, approximate: str = "none") -> np.ndarray:
     """`gelu(x, approximate=approximate)` written into `out` (which may be x itself: the
     activation of a GEMM in place); the same formulas on the same blocks, so the same bits.
@@ -446,9 +451,7 @@ def gelu_into(out: np.ndarray, x: np.ndarray, *, approximate: str = "none") -> n
     array([-0.15865525,  0.        ,  0.84134475])
     """
     x = np.asarray(x)
-    fns = {np.dtype(np.float32): {"none": _gelu_erf32, "tanh": _gelu_tanh},
-           np.dtype(np.float64): {"none": _gelu_erf, "tanh": _gelu_tanh}}.get(x.dtype, {})
-    fn = fns.get(approximate)
+    fn = _GELU_BLOCKS.get((x.dtype, approximate))
     if fn is None or out.dtype != x.dtype or out.shape != x.shape or not out.flags.c_contiguous:
         out[...] = gelu(x, approximate=approximate)
         return out
