@@ -183,8 +183,20 @@ def gelu_names(cx: Emitter, x: str, approx: str, out: str) -> None:
         inner = cx.node("Add", [x, cx.node("Mul", [cube, cx.scalar(0.044715, x)])])
         t = cx.node("Tanh", [cx.node("Mul", [inner, cx.scalar(math.sqrt(2.0 / math.pi), x)])])
     else:
-        t = cx.node("Erf", [cx.node("Mul", [x, cx.scalar(math.sqrt(0.5), x)])])
+        t = _erf_of_scaled(cx, x)
     cx.node("Mul", [half_x, cx.node("Add", [t, cx.scalar(1.0, x)])], outs[0])
+
+
+def _erf_of_scaled(cx: Emitter, x: str) -> str:
+    return cx.node("Erf", [cx.node("Mul", [x, cx.scalar(math.sqrt(0.5), x)])])
+
+
+def normal_cdf(cx, op, ins, outs):
+    """Phi(x) = (1 + Erf(x / sqrt 2)) / 2. ONNX has no Erfc, so for x << 0, where 1 + Erf cancels,
+    this keeps absolute accuracy only (as ONNX's own Gelu)."""
+    (x,) = ins
+    t = cx.node("Add", [_erf_of_scaled(cx, x), cx.scalar(1.0, x)])
+    cx.node("Mul", [t, cx.scalar(0.5, x)], outs[0])
 
 
 def isfinite(cx, op, ins, outs):
@@ -337,6 +349,7 @@ LOWERINGS = {
     "neg": neg, "add": add, "mul": mul, "not_equal": not_equal, "trunc": trunc, "reciprocal": reciprocal,
     "exp2": exp2, "expm1": expm1, "log1p": log1p, "log2": _log_base(2.0), "log10": _log_base(10.0),
     "cbrt": cbrt, "bitwise_not": bitwise_not, "relu": relu, "hard_swish": hard_swish, "gelu": gelu,
+    "normal_cdf": normal_cdf,
     "isfinite": isfinite, "maximum": _extremum("Max", True), "minimum": _extremum("Min", True),
     "fmax": _extremum("Max", False), "fmin": _extremum("Min", False), "floordiv": floordiv, "mod": mod,
     "atan2": atan2, "hypot": hypot, "bitwise_and": bitwise, "bitwise_or": bitwise, "bitwise_xor": bitwise,

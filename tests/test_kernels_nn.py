@@ -181,16 +181,21 @@ def test_erf_matches_onnx_erf(dtype):
     assert_agree(special.erf(x), onnx_ref("Erf", [x]))
 
 
+def _mpmath_interpolant(mp, f, a, b, degree):
+    """Chebyshev interpolant of f on [a, b]: coefficients of powers of s = (t - centre)/half_width."""
+    n = degree + 1
+    nodes = [mp.cos(mp.pi * (k + mp.mpf(1) / 2) / n) for k in range(n)]
+    vals = [f((a + b) / 2 + (b - a) / 2 * s) for s in nodes]
+    return mp.lu_solve(mp.matrix([[s ** j for j in range(n)] for s in nodes]), mp.matrix(vals))
+
+
 def test_erf_tables_reproduce_from_mpmath():
     """The coefficient tables are what their comment says: Chebyshev interpolants fitted with mpmath."""
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 40
 
-    def interpolant(f, a, b, degree):  # coefficients of powers of s = (t - centre)/half_width
-        n = degree + 1
-        nodes = [mp.cos(mp.pi * (k + mp.mpf(1) / 2) / n) for k in range(n)]
-        vals = [f((a + b) / 2 + (b - a) / 2 * s) for s in nodes]
-        return mp.lu_solve(mp.matrix([[s ** j for j in range(n)] for s in nodes]), mp.matrix(vals))
+    def interpolant(f, a, b, degree):
+        return _mpmath_interpolant(mp, f, a, b, degree)
 
     def in_t(c):  # from powers of s = 2t - 1 to powers of t
         n = len(c)
@@ -208,6 +213,60 @@ def test_erf_tables_reproduce_from_mpmath():
     mid32 = interpolant(lambda t: mp.exp((1 / t - 2) ** 2) * mp.erfc(1 / t - 2), third / 2, third, 6)
     for table, fitted in ((special._ERF32_SMALL, small32), (special._ERFC32_MID, mid32)):
         np.testing.assert_array_equal(table, [float(np.float32(float(c))) for c in fitted])
+
+
+# --- normal_cdf --------------------------------------------------------------------------------
+
+def test_normal_cdf_table_reproduces_from_mpmath():
+    """_PHI32 is the Chebyshev interpolant of erfcx(a)/(4s), s = 1/(a + 2), a in [0, 14.5/sqrt 2], in
+    powers of s."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    lo, hi = 1 / (mp.mpf(14.5) / mp.sqrt(2) + 2), mp.mpf(1) / 2
+    c = _mpmath_interpolant(mp, lambda s: mp.erfc(1 / s - 2) * mp.exp((1 / s - 2) ** 2) / (2 * s), lo, hi, 8)
+    centre, half = (lo + hi) / 2, (hi - lo) / 2  # powers of (s - centre)/half -> powers of s
+    in_s = [sum(c[k] * math.comb(k, j) * (-centre) ** (k - j) / half ** k for k in range(j, len(c)))
+            for j in range(len(c))]
+    np.testing.assert_allclose(special._PHI32, [float(v) for v in in_s], rtol=1e-9)
+
+
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x * math.sqrt(0.5))
+
+
+def test_normal_cdf_float64_matches_math_erfc():
+    x = np.concatenate([np.linspace(-38.0, 10.0, 48_001), rng_for("phi").normal(0.0, 4.0, 20_000),
+                        np.geomspace(1e-300, 1.0, 2_000) * rng_for("phi sign").choice([-1.0, 1.0], 2_000)])
+    _check_against_math(no_warnings(special.normal_cdf, x), x, _phi)
+
+
+def test_normal_cdf_float32_error_bounds():
+    # every 257th float32 in [0, 15] (4.3M values), both signs, against the float64 kernel
+    x = np.arange(0, np.float32(15.0).view(np.int32), 257, dtype=np.int32).view(np.float32)
+    for v in (x, -x):
+        got = no_warnings(special.normal_cdf, v)
+        assert got.dtype == np.float32
+        ref = special.normal_cdf(v.astype(np.float64))
+        err = np.abs(got - ref)
+        assert err.max() <= 2.5e-7, v[err.argmax()]
+        rel = err / ref
+        assert rel[v >= -3.0].max() <= 7e-7 and rel[v >= -13.0].max() <= 6e-6
+
+
+def test_normal_cdf_special_values():
+    for dtype in (np.float64, np.float32, np.float16):
+        x = np.array([np.inf, -np.inf, np.nan, -0.0, 0.0, 6e4, -6e4], dtype)
+        got = no_warnings(special.normal_cdf, x)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, np.array([1.0, 0.0, np.nan, 0.5, 0.5, 1.0, 0.0], dtype))
+    assert special.normal_cdf(np.array(3, np.int64)).dtype == np.int64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_is_x_times_normal_cdf_bit_for_bit(dtype):
+    # gradient graphs compute gelu as x * normal_cdf(x) and share Phi (ir/autodiff/shared_forward.py)
+    x = np.concatenate([rng_for("gelu bits").normal(0.0, 3.0, 100_000), [0.0, -0.0, 1e-30, -40.0]]).astype(dtype)
+    np.testing.assert_array_equal(special.gelu(x), x * special.normal_cdf(x))
 
 
 # --- activations -------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ UNARY = {
 }
 
 ACTIVATIONS = {
-    "erf": {}, "sigmoid": {}, "relu": {}, "softplus": {}, "softsign": {}, "hard_swish": {},
+    "erf": {}, "normal_cdf": {}, "sigmoid": {}, "relu": {}, "softplus": {}, "softsign": {}, "hard_swish": {},
     "gelu": {"approximate": "none"}, "gelu_tanh": {"approximate": "tanh"}, "elu": {"alpha": 0.7},
     "celu": {"alpha": 1.3}, "selu": {"alpha": 1.67, "gamma": 1.05}, "leaky_relu": {"alpha": 0.1},
     "hard_sigmoid": {"alpha": 0.3, "beta": 0.4},

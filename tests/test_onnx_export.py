@@ -79,7 +79,8 @@ ELEMENTWISE = {
     "cast": (lambda x: (x.astype(np.int32), x.astype(np.float64), (x > 0).astype(np.float32)), F32),
     "isnan_isinf": (lambda x: (np.isnan(x), np.isinf(x), np.isfinite(x)), NANS),
     "atan2_hypot": (lambda y, x: (np.arctan2(y, x), np.hypot(y, x)), F32, F32[::-1].copy()),
-    "activations": (lambda x: (nn.sigmoid(x), nn.relu(x), nn.gelu(x), nn.gelu(x, "tanh"), nn.erf(x)), F32),
+    "activations": (lambda x: (nn.sigmoid(x), nn.relu(x), nn.gelu(x), nn.gelu(x, "tanh"), nn.erf(x),
+                                 nn.normal_cdf(x)), F32),
     "uint_neg": (lambda a: -a, np.array([0, 1, 200], np.uint8)),
 }
 

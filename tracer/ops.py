@@ -182,7 +182,7 @@ def batch_norm(x: Any, mean: Any, var: Any, weight: Any = None, bias: Any = None
 
 
 def gelu(x: Any, approximate: str = "none") -> Any:
-    """GELU, exact (`"none"`, via erf) or the `"tanh"` approximation.
+    """GELU, exact (`"none"`: x * normal_cdf(x)) or the `"tanh"` approximation.
 
     >>> float(gelu(np.array(0.0)))
     0.0
@@ -217,6 +217,15 @@ def erf(x: Any) -> Any:
     0.84270079295
     """
     return _apply("erf", [x], {})
+
+
+def normal_cdf(x: Any) -> Any:
+    """The standard normal CDF, (1 + erf(x/sqrt 2)) / 2, accurate also in the lower tail.
+
+    >>> round(float(normal_cdf(np.array(1.0))), 9)
+    0.841344746
+    """
+    return _apply("normal_cdf", [x], {})
 
 
 def one_hot(indices: Any, depth: int, dtype: Any = np.float32, axis: int = -1) -> Any:
@@ -311,5 +320,5 @@ def dropout(x: Any, rate: float, seed: Any, train: bool = True, stream: int = 0)
 
 
 __all__ = ["conv", "conv2d", "max_pool", "max_pool2d", "avg_pool", "avg_pool2d", "global_avg_pool2d",
-           "softmax", "log_softmax", "layer_norm", "batch_norm", "gelu", "sigmoid", "relu", "erf", "one_hot",
-           "random_bits", "random_uniform", "random_normal", "dropout"]
+           "softmax", "log_softmax", "layer_norm", "batch_norm", "gelu", "sigmoid", "relu", "erf", "normal_cdf",
+           "one_hot", "random_bits", "random_uniform", "random_normal", "dropout"]

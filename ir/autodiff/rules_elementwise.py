@@ -36,9 +36,19 @@ def _gelu(b: Builder, x: Value, y: Value, op: Op) -> Value:
         t = b.op("tanh", b.mul(b.mul(x, c), b.add(b.mul(x2, 0.044715), 1.0)))
         dt = b.mul(b.sub(1.0, _sq(b, t)), b.mul(b.add(b.mul(x2, 3 * 0.044715), 1.0), c))
         return b.mul(b.add(b.add(t, 1.0), b.mul(x, dt)), 0.5)
-    cdf = b.mul(b.add(b.op("erf", b.mul(x, math.sqrt(0.5))), 1.0), 0.5)
-    pdf = b.mul(b.op("exp", b.mul(_sq(b, x), -0.5)), 1.0 / math.sqrt(2.0 * math.pi))
-    return b.add(cdf, b.mul(x, pdf))
+    return b.add(b.op("normal_cdf", x), b.mul(x, normal_pdf(b, x)))
+
+
+def normal_pdf(b: Builder, x: Value) -> Value:
+    """Append exp(-x*x/2) / sqrt(2 pi), the derivative of normal_cdf, and return it.
+
+    >>> import numpy as np, ir
+    >>> from ir.graph import Graph
+    >>> g = Graph.from_inputs([("x", ir.TensorType(np.float64, (1,)))])
+    >>> str(normal_pdf(Builder(g), g.inputs[0]).type), [op.kind for op in g.ops][-3:]
+    ('f64[1]', ['exp', 'constant', 'mul'])
+    """
+    return b.mul(b.op("exp", b.mul(_sq(b, x), -0.5)), 1.0 / math.sqrt(2.0 * math.pi))
 
 
 def _exp_linear(scale_name: str | None, inner: Callable | None = None):
@@ -90,6 +100,7 @@ UNARY = {
     "acosh": lambda b, x, y, op: b.op("reciprocal", b.op("sqrt", b.sub(_sq(b, x), 1.0))),
     "atanh": lambda b, x, y, op: b.op("reciprocal", b.sub(1.0, _sq(b, x))),
     "erf": lambda b, x, y, op: b.mul(b.op("exp", b.neg(_sq(b, x))), 2.0 / math.sqrt(math.pi)),
+    "normal_cdf": lambda b, x, y, op: normal_pdf(b, x),
     "sigmoid": lambda b, x, y, op: b.mul(y, b.sub(1.0, y)),
     "relu": lambda b, x, y, op: _step(b, _gt0(b, x), 1.0, 0.0, x),
     "softplus": lambda b, x, y, op: b.op("sigmoid", x),

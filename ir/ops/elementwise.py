@@ -23,7 +23,7 @@ ANY, NUM, FLOAT, INT, BOOL, BOOLINT = "bfiu", "fiu", "f", "iu", "b", "biu"
 UNARY_UFUNCS = ("neg", "abs", "sign", "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt",
                 "cbrt", "reciprocal", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh",
                 "asinh", "acosh", "atanh", "floor", "ceil", "trunc", "round", "logical_not", "bitwise_not")
-UNARY = {"erf": FLOAT, "sigmoid": FLOAT, "relu": NUM, "softplus": FLOAT, "softsign": FLOAT,
+UNARY = {"erf": FLOAT, "normal_cdf": FLOAT, "sigmoid": FLOAT, "relu": NUM, "softplus": FLOAT, "softsign": FLOAT,
          "hard_swish": FLOAT}
 UNARY_ATTRS = {
     "gelu": {"approximate": "str"}, "selu": {"alpha": "float", "gamma": "float"},

@@ -38,7 +38,7 @@ def _is(v: Value, target) -> bool:
     return s is not None and s == target
 
 
-FINITE_UNARY = frozenset({"neg", "abs", "relu", "sigmoid", "tanh", "sin", "cos", "erf", "floor", "ceil",
+FINITE_UNARY = frozenset({"neg", "abs", "relu", "sigmoid", "tanh", "sin", "cos", "erf", "normal_cdf", "floor", "ceil",
                           "trunc", "round", "sign", "atan", "softsign"})
 
 

@@ -16,7 +16,7 @@ for _module in (elementwise, reduce, shape):
 
 KERNELS.update({
     name: getattr(special, name)
-    for name in ("erf", "gelu", "sigmoid", "softplus", "softsign", "selu", "elu", "celu", "leaky_relu",
+    for name in ("erf", "normal_cdf", "gelu", "sigmoid", "softplus", "softsign", "selu", "elu", "celu", "leaky_relu",
                  "prelu", "hard_sigmoid", "hard_swish", "relu", "thresholded_relu")
 })
 KERNELS.update({

@@ -219,7 +219,7 @@ def _copy_into(kind: str) -> Callable:
 # the memory plan exact for a copy that costs a small fraction of the op itself
 COPY_INTO = frozenset({"layer_norm", "softmax", "log_softmax", "batch_norm", "instance_norm", "max_pool",
                        "avg_pool", "global_avg_pool", "global_max_pool", "reduce_sum", "reduce_mean",
-                       "reduce_max", "reduce_min", "sigmoid", "gelu", "erf", "concat", "pad", "where"})
+                       "reduce_max", "reduce_min", "sigmoid", "gelu", "erf", "normal_cdf", "concat", "pad", "where"})
 # ufunc kinds that may write into the buffer of an input of the same shape (no reordering)
 IN_PLACE = frozenset(kind for kind, u in UFUNCS.items() if u.nout == 1) | {"relu"}
 

@@ -153,8 +153,11 @@ template <class T>
   return (v >= 0 ? T(1) : e) / (T(1) + e);
 }
 
-double gelu_erf(double v) { return 0.5 * v * std::erfc(-v * M_SQRT1_2); }
-[[gnu::always_inline]] inline float gelu_erf(float v) { return 0.5f * v * fast_erfc(-v * static_cast<float>(M_SQRT1_2)); }
+// the standard normal CDF; exact GELU is v * normal_cdf(v), as in runtime/kernels/special.py
+double normal_cdf(double v) { return 0.5 * std::erfc(-v * M_SQRT1_2); }
+[[gnu::always_inline]] inline float normal_cdf(float v) { return 0.5f * fast_erfc(-v * static_cast<float>(M_SQRT1_2)); }
+double gelu_erf(double v) { return v * normal_cdf(v); }
+[[gnu::always_inline]] inline float gelu_erf(float v) { return v * normal_cdf(v); }
 
 double gelu_tanh(double v) {
   const double k = std::sqrt(2.0 / M_PI);
@@ -206,6 +209,7 @@ void register_unary(KernelTable& t) {
   FLOAT_UNARY("atanh", std::atanh(v))
   FLOAT_UNARY("reciprocal", decltype(v)(1) / v)
   FLOAT_UNARY("erf", std::erf(static_cast<double>(v)))
+  FLOAT_UNARY("normal_cdf", normal_cdf(v))
   FLOAT_UNARY("sigmoid", sigmoid_of(v))
   FLOAT_UNARY("softplus", std::log1p(std::exp(-abs(v))) + (v > 0 ? v : decltype(v)(0)))
   FLOAT_UNARY("softsign", v / (decltype(v)(1) + abs(v)))
