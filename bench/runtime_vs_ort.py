@@ -249,12 +249,11 @@ def _format_row(row: tuple) -> str:
     return f"{name:<40} {ours:>10.3f} {ort_ms:>10.3f} {ratio:>7.2f}" + (f"  ({note})" if note else "")
 
 
-def _blas_core() -> str:
+def _blas_core(want: str | None) -> str:
     """OpenBLAS's kernel set, from OPENBLAS_CORETYPE (read only when NumPy is first imported).
 
-    `--blas-core=NAME` re-runs this script with OPENBLAS_CORETYPE=NAME. On AVX-512 AMD EPYCs set
+    `--blas-core NAME` re-runs this script with OPENBLAS_CORETYPE=NAME. On AVX-512 AMD EPYCs set
     to (or detected as) Haswell, SkylakeX kernels ran 1024^3 GEMM ~1.5-1.9x faster (one thread)."""
-    want = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--blas-core=")), None)
     if want and os.environ.get("OPENBLAS_CORETYPE") != want:
         os.environ["OPENBLAS_CORETYPE"] = want
         os.execv(sys.executable, [sys.executable] + sys.argv)
@@ -263,7 +262,6 @@ def _blas_core() -> str:
 
 def main() -> None:
     """Print the latency table and the load times."""
-    core = _blas_core()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1,
@@ -277,6 +275,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: process CPU time, steadier on a shared machine (meaningful with --threads 1)")
     args = parser.parse_args()
+    core = _blas_core(args.blas_core)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     only = [k for k in args.only.split(",") if k]
