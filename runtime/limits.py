@@ -63,8 +63,10 @@ def _from_environ() -> Limits:
             try:
                 values[name] = int(raw.replace("_", ""))
             except ValueError:
-                raise CastmlError(f"environment variable CASTML_{name.upper()}: expected an integer, "
-                                  f"got {raw!r}") from None
+                values[name] = -1
+            if values[name] < 0:
+                raise CastmlError(f"environment variable CASTML_{name.upper()}: expected a non-negative "
+                                  f"integer, got {raw!r}")
     return _checked(Limits(), values)
 
 

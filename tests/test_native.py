@@ -478,14 +478,18 @@ def test_native_limits_follow_python_and_environment(zoo_files, tmp_path):
     cmd = [str(executable_path()), str(path), *files, "-o", str(tmp_path / "out.npz")]
     for env, expected in ({"CASTML_MAX_TENSOR_BYTES": "1_000"}, "more than max_tensor_bytes = 1000"), (
             {"CASTML_MAX_OPS": "2"}, "ops in the model (raise it"), ({"CASTML_MAX_RANK": "many"},
-                                                                    "CASTML_MAX_RANK: expected an integer, got 'many'"):
+            "CASTML_MAX_RANK: expected a non-negative integer, got 'many'"), (
+            {"CASTML_MAX_OPS": "-3"}, "CASTML_MAX_OPS: expected a non-negative integer, got '-3'"):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
         assert proc.returncode == 1 and expected in proc.stderr, (env, proc.stderr)
-    # and the Python side reads them too, at import
+    # and the Python side reads them too, at import, with the same message
     code = "import runtime; print(runtime.limits.current().max_ops)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, CASTML_MAX_OPS="2"))
     assert proc.stdout.strip() == "2", proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CASTML_MAX_OPS="-3"))
+    assert "CastmlError: environment variable CASTML_MAX_OPS: expected a non-negative integer, got '-3'" in proc.stderr
 
 
 def _param_leaves(params) -> list:

@@ -55,13 +55,9 @@ void read_environment(Limits* l) {
     text = b == std::string::npos ? "" : text.substr(b, e - b + 1);
     bool negative = !text.empty() && text[0] == '-';
     std::string digits = text.substr(!text.empty() && (text[0] == '+' || text[0] == '-') ? 1 : 0);
-    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) {
-      g_limits_error = "environment variable " + var + ": expected an integer, got '" + raw + "'";
-      return;
-    }
-    size_t first = digits.find_first_not_of('0');
-    if (negative && first != std::string::npos) {
-      g_limits_error = "limit " + std::string(name) + " must be a non-negative int, got " + text;
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos ||
+        (negative && digits.find_first_not_of('0') != std::string::npos)) {
+      g_limits_error = "environment variable " + var + ": expected a non-negative integer, got '" + raw + "'";
       return;
     }
     uint64_t v = 0;
