@@ -1,12 +1,13 @@
 """ONNX → IR translations of the data-dependent indexing ops: NonZero, Compress, GatherND,
 ScatterND, ScatterElements (and its opset-9 name Scatter).
 
-Why flat element numbers: the IR has one read (`gather`), one write (`index_update`) and one
-data-dependent selection (`boolean_mask`). Every ONNX op here becomes one of them on a flattened
-view of the data, with the flat element number computed from the index tensors by Horner's rule
-over the data's dims (`((i0*d1 + i1)*d2 + i2)...`). Dims come from `Builder.dim_value`, so
-symbolic shapes work; negative indices are normalized by adding the dim, as ONNX specifies.
-Reductions other than `none` and `batch_dims` other than 0 raise `UnsupportedOpError`.
+Why flat element numbers: the IR has one read (`gather`), two writes (`index_update`, and
+`index_add` for reduction='add') and one data-dependent selection (`boolean_mask`). Every ONNX op
+here becomes one of them on a flattened view of the data, with the flat element number computed
+from the index tensors by Horner's rule over the data's dims (`((i0*d1 + i1)*d2 + i2)...`). Dims
+come from `Builder.dim_value`, so symbolic shapes work; negative indices are normalized by adding
+the dim, as ONNX specifies. Reductions other than `none` and `add`, and `batch_dims` other than 0,
+raise `UnsupportedOpError`.
 """
 
 from __future__ import annotations
@@ -58,11 +59,14 @@ def _nd_numbers(b: Builder, data, indices, op_type: str, attrs: dict):
     return _flat_numbers(b, coords, list(shape[:k])), k, shape
 
 
-def _no_reduction(b: Builder, op_type: str, attrs: dict) -> None:
+def _write_op(b: Builder, op_type: str, attrs: dict) -> str:
+    """The IR op of a scatter's `reduction`: index_update for 'none', index_add for 'add'."""
     red = attrs.get("reduction", b"none")
     red = red.decode() if isinstance(red, bytes) else red
-    if red != "none":
-        raise UnsupportedOpError(f"{b.where()}: {op_type} with reduction={red!r} is not supported (only 'none')")
+    if red not in ("none", "add"):
+        raise UnsupportedOpError(f"{b.where()}: {op_type} with reduction={red!r} is not supported "
+                                 f"(only 'none' and 'add')")
+    return "index_update" if red == "none" else "index_add"
 
 
 def gather_nd(b: Builder, ins: list, attrs: dict, n_out: int) -> list:
@@ -85,11 +89,11 @@ def scatter_nd(b: Builder, ins: list, attrs: dict, n_out: int) -> list:
     >>> IMPORTERS["ScatterND"] is scatter_nd
     True
     """
-    _no_reduction(b, "ScatterND", attrs)
+    kind = _write_op(b, "ScatterND", attrs)
     data, indices, updates = ins
     flat, k, shape = _nd_numbers(b, data, indices, "ScatterND", attrs)
     rows = b.reshape(data, (D.product(shape[:k]),) + tuple(shape[k:]))
-    return [b.reshape(b.op("index_update", [rows, flat, updates], axis=0), shape)]
+    return [b.reshape(b.op(kind, [rows, flat, updates], axis=0), shape)]
 
 
 def scatter_elements(b: Builder, ins: list, attrs: dict, n_out: int) -> list:
@@ -100,7 +104,7 @@ def scatter_elements(b: Builder, ins: list, attrs: dict, n_out: int) -> list:
     >>> IMPORTERS["ScatterElements"] is scatter_elements
     True
     """
-    _no_reduction(b, "ScatterElements", attrs)
+    kind = _write_op(b, "ScatterElements", attrs)
     data, indices, updates = ins
     shape, ishape = shape_of(data), shape_of(indices)
     rank = len(shape)
@@ -121,8 +125,8 @@ def scatter_elements(b: Builder, ins: list, attrs: dict, n_out: int) -> list:
     if shape_of(flat) != ishape:  # (rank 1, or every coordinate but one broadcast)
         flat = b.op("broadcast_to", [flat], shape=tuple(ishape))
     numbers = (D.product(shape),)
-    out = b.op("index_update", [b.reshape(data, numbers), b.reshape(flat, (D.product(ishape),)),
-                                b.reshape(updates, (D.product(ishape),))], axis=0)
+    out = b.op(kind, [b.reshape(data, numbers), b.reshape(flat, (D.product(ishape),)),
+                      b.reshape(updates, (D.product(ishape),))], axis=0)
     return [b.reshape(out, shape)]
 
 

@@ -82,11 +82,11 @@ def _element_numbers(cx: Emitter, x: str) -> tuple[str, str]:
     return cx.node("Reshape", [numbers, shp]), shp
 
 
-def _scatter_flat(cx: Emitter, x: str, shp: str, picked: str, update: str, out: str) -> None:
+def _scatter_flat(cx: Emitter, x: str, shp: str, picked: str, update: str, out: str, **reduction: str) -> None:
     flat = cx.ints([-1])
     upd = cx.node("Expand", [update, cx.node("Shape", [picked], dtype=np.int64)])
     scattered = cx.node("ScatterElements", [cx.node("Reshape", [x, flat]), cx.node("Reshape", [picked, flat]),
-                                            cx.node("Reshape", [upd, flat])], axis=0)
+                                            cx.node("Reshape", [upd, flat])], axis=0, **reduction)
     cx.node("Reshape", [scattered, shp], out)
 
 
@@ -111,6 +111,16 @@ def index_update(cx, op, ins, outs):
     numbers, shp = _element_numbers(cx, x)
     picked = cx.node("Gather", [numbers, _index(cx, idx)], axis=op.attrs["axis"])
     _scatter_flat(cx, x, shp, picked, update, outs[0])
+
+
+def index_add(cx, op, ins, outs):
+    if cx.opset < 16:
+        raise ExportError(f"index_add (an accumulating scatter, e.g. the gradient of an indexing read) needs "
+                          f"ScatterElements with reduction='add', from opset 16; got opset {cx.opset}{cx._where()}")
+    x, idx, update = ins
+    numbers, shp = _element_numbers(cx, x)
+    picked = cx.node("Gather", [numbers, _index(cx, idx)], axis=op.attrs["axis"])
+    _scatter_flat(cx, x, shp, picked, update, outs[0], reduction="add")
 
 
 def boolean_mask(cx, op, ins, outs):
@@ -215,6 +225,7 @@ def space_to_depth(cx, op, ins, outs):
 LOWERINGS = {
     "reshape": reshape, "transpose": transpose, "broadcast_to": broadcast_to, "concat": concat, "split": split,
     "slice": slice_, "slice_update": slice_update, "gather": gather, "index_update": index_update,
+    "index_add": index_add,
     "boolean_mask": boolean_mask, "pad": pad, "tile": tile, "repeat": repeat, "shape_dim": shape_dim,
     "constant": constant, "full": full, "arange": arange, "one_hot": one_hot, "depth_to_space": depth_to_space,
     "space_to_depth": space_to_depth,

@@ -131,6 +131,7 @@ CASES += [
     ("gather", lambda rng: [rng.normal(size=(4, 3)), _ints([[0, 3], [-1, 0]])], {"axis": 0}),
     ("gather", lambda rng: [rng.normal(size=(2, 3)), _ints(2)], {"axis": 1}),
     ("index_update", lambda rng: [rng.normal(size=(3, 4)), _ints([1, 3]), rng.normal(size=(3, 1))], {"axis": 1}),
+    ("index_add", lambda rng: [rng.normal(size=(3, 4)), _ints([1, 3, 1]), rng.normal(size=(3, 1))], {"axis": 1}),
     ("boolean_mask", lambda rng: [rng.normal(size=(2, 3, 2)), np.array([[True, False, True], [False, False, True]])],
      {"size": ("n",)}),
     ("pad", _u(-1, 1, (2, 3)), {"pads": (1, 0, 2, 2), "mode": "constant", "value": 0.5}),
@@ -616,6 +617,25 @@ def test_gelu_forward_value_keeps_the_kernel_bits(dtype):
     for graph in (dg, ir.optimize(dg)):
         y, dx = ir.interpret(graph, x, np.ones_like(x))
         np.testing.assert_array_equal(y, special.gelu(x))
+
+
+def test_gather_gradient_is_an_accumulating_scatter_not_a_one_hot():
+    # a 200k-row embedding table read 1000 times: a dense one-hot of the indices would be 2e8 elements
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(200_000, 8)).astype(np.float32)
+    ids = rng.integers(-200_000, 200_000, (10, 100))
+    ids[0, :3] = [5, 5, -199_995]  # one row three times, negative indices too
+    dg = ir.grad(tracer.trace(lambda w: np.sum(w[ids] ** 2), table))
+    assert not {"einsum", "one_hot", "equal"} & {op.kind for op in dg.ops}
+    want = np.zeros_like(table)
+    np.add.at(want, ids, 2 * table[ids])
+    assert_agree(ir.interpret(dg, table), want)
+    # symbolic table length: negative indices count from the run-time end
+    dgs = ir.grad(tracer.trace(lambda w: np.sum(w[np.array([0, -1, -1])] * 3.0), tracer.TensorSpec(("v", 2))))
+    for v in (2, 5):
+        want = np.zeros((v, 2))
+        want[0], want[-1] = 3.0, 6.0
+        assert_agree(ir.interpret(dgs, np.ones((v, 2), np.float32)), want.astype(np.float32))
 
 
 def test_float32_gelu_second_derivative_through_the_shared_phi():

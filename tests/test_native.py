@@ -264,8 +264,8 @@ def test_every_native_kernel_is_exercised_above():
         collect(fn, _f((2, 3, 7, 8)))
     kinds |= {"matmul", "gemm", "fused_conv", "conv", "where", "softmax", "log_softmax", "layer_norm",
               "batch_norm", "instance_norm", "cast", "arange", "full", "shape_dim", "stop_gradient"}  # below
-    kinds |= {"boolean_mask", "conv_transpose", "depth_to_space", "space_to_depth", "index_update", "slice_update",
-              "one_hot", "prelu", "lrn"}  # tests/test_native_extra.py
+    kinds |= {"boolean_mask", "conv_transpose", "depth_to_space", "space_to_depth", "index_update", "index_add",
+              "slice_update", "one_hot", "prelu", "lrn"}  # tests/test_native_extra.py
     kinds |= {"einsum", "random_bits", "random_uniform", "random_normal"}  # tests/test_native_random.py
     missing = set(nb.kernel_names()) - kinds
     assert not missing, f"native kernels without a test: {sorted(missing)}"

@@ -23,7 +23,7 @@ from tracer.core import emit
 from tracer.ops import _apply
 
 EXTRA_KINDS = {"boolean_mask", "conv_transpose", "depth_to_space", "space_to_depth", "index_update",
-               "slice_update", "one_hot", "prelu", "lrn"}
+               "index_add", "slice_update", "one_hot", "prelu", "lrn"}
 
 
 def _ints(shape, dtype=np.int64, seed=0, lo=-9, hi=9):
@@ -171,6 +171,28 @@ def test_index_update(name, dtype):
     x = _ints(sx, seed=3).astype(dtype)
     v = _ints(su, seed=4, lo=10, hi=90).astype(dtype)
     _check(_index_set(axis), x, np.asarray(idx, np.int64), v)
+
+
+def _index_add(axis):
+    def fn(x, idx, v):
+        return emit("index_add", [x, idx, v], {"axis": axis})
+
+    return fn
+
+
+@pytest.mark.parametrize("name", sorted(INDEX_UPDATES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int8, np.uint8])
+def test_index_add(name, dtype):
+    axis, sx, idx, su = INDEX_UPDATES[name]
+    x = _ints(sx, seed=3).astype(dtype)
+    v = _ints(su, seed=4, lo=10, hi=90).astype(dtype)
+    idx = np.asarray(idx, np.int64)
+    g = tracer.trace(_index_add(axis), x, idx, v)
+    native, ref = _both(g)
+    want = x.copy()  # duplicates accumulate; int8 wraps
+    np.add.at(want, (slice(None),) * axis + (idx,), v)
+    for sess in (native, ref):
+        assert_agree(sess.run(x, idx, v), want)
 
 
 def test_index_update_index_dtypes_and_errors():

@@ -111,6 +111,20 @@ LINALG = {
 }
 
 
+def test_gather_gradient_exports_as_an_accumulating_scatter():
+    idx = np.array([[2, 0], [-1, 2]])  # row 2 is read three times: its gradient accumulates
+    dg = ir.grad(tracer.trace(lambda w: np.sum(w[idx] ** 2), F32))
+    assert "index_add" in {op.kind for op in dg.ops}
+    m = exporters.to_onnx(dg)
+    onnx.checker.check_model(m, full_check=True)
+    want = np.zeros_like(F32)
+    np.add.at(want, idx, 2 * F32[idx])
+    assert_agree(_run_ort(m, [F32])[0], want)
+    assert "index_add" in {op.kind for op in exporters.from_onnx(m).ops}  # and back
+    with pytest.raises(exporters.ExportError, match=r"index_add .* from opset 16; got opset 15"):
+        exporters.to_onnx(dg, opset=15)
+
+
 def _setitem(x):
     y = x.copy()
     y[1:, 2] = 5.0

@@ -279,6 +279,35 @@ def test_scatter_and_gather_nd_from_other_producers():
     assert_agree(c, xv[:, [0, 2]])
 
 
+def test_scatters_with_reduction_add_import_as_index_add():
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])
+    i = helper.make_tensor_value_info("i", TensorProto.INT64, [2, 2])
+    u = helper.make_tensor_value_info("u", TensorProto.FLOAT, [2, 2])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("se", "snd")]
+    nodes = [helper.make_node("ScatterElements", ["x", "i", "u"], ["se"], axis=1, reduction="add"),
+             helper.make_node("ScatterND", ["x", "i", "u2"], ["snd"], reduction="add")]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x, i, u], outs,
+                                            [helper.make_tensor("u2", TensorProto.FLOAT, [2], [10.0, 20.0])]),
+                          opset_imports=[helper.make_opsetid("", 18)])
+    g = exporters.from_onnx(m)
+    assert [op.kind for op in g.ops].count("index_add") == 2
+    xv = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
+    iv = np.array([[1, 1], [0, 0]], np.int64)  # duplicates: ScatterElements adds both
+    uv = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    se, snd = ir.interpret(g, xv, iv, uv)
+    want_se = xv.copy()
+    np.add.at(want_se, (np.array([[0, 0], [1, 1]]), iv), uv)
+    want_snd = xv.copy()
+    want_snd[1, 1] += 10.0
+    want_snd[0, 0] += 20.0
+    assert_agree([se, snd], [want_se, want_snd])
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_agree([se, snd], sess.run(None, {"x": xv, "i": iv, "u": uv}))
+
+
 @pytest.mark.parametrize("optimized", [False, True], ids=["traced", "optimized"])
 @pytest.mark.parametrize("name", ["gru", "lenet", "mlp", "resnet_tiny", "transformer_encoder"])
 def test_zoo_models_round_trip(name, optimized):

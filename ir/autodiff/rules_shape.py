@@ -9,8 +9,6 @@ per-axis scatter-adds (reflect/edge/wrap).
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 
 from runtime import dims as D
@@ -66,29 +64,15 @@ def _slice_update(b: Builder, op: Op, cts: list) -> list:
     return [dx, dupd]
 
 
-def scatter_add(b: Builder, like: TensorType, idx: Value, ct: Value, axis: int, source: Value | None = None) -> Value:
+def scatter_add(b: Builder, like: TensorType, idx: Value, ct: Value, axis: int) -> Value:
     """Zeros of type `like` plus `ct` added at `idx` along `axis` (the adjoint of a gather):
-    an einsum of `ct` with `one_hot(idx)`, so repeated indices accumulate. `source` (a value
-    of type `like`) supplies the axis length at run time when it is symbolic."""
-    n = like.shape[axis]
-    idx = b.cast(idx, np.int64)
-    size = b.dim(source, axis, np.int64) if source is not None else b.const(n, np.int64)
-    idx = b.op("mod", idx, size)  # negative indices count from the end, as np.take
-    positions = b.op("arange", n=(n,), dtype=np.dtype(np.int64))
-    hot = b.op("equal", b.reshape(idx, idx.shape + (1,)), positions)
-    hot = b.cast(hot, like.dtype)
-    letters = iter(string.ascii_letters)
-    pre = "".join(next(letters) for _ in range(axis))
-    ind = "".join(next(letters) for _ in idx.shape)
-    post = "".join(next(letters) for _ in range(len(like.shape) - axis - 1))
-    j = next(letters)
-    out = b.op("einsum", hot, ct, equation=f"{ind}{j},{pre}{ind}{post}->{pre}{j}{post}")
-    return b.cast(out, like.dtype)
+    one `index_add`, so repeated indices accumulate, in time and memory linear in `ct`."""
+    return b.op("index_add", b.zeros(like), idx, ct, axis=axis)
 
 
 def _gather(b: Builder, op: Op, cts: list) -> list:
     x, idx = op.inputs
-    return [scatter_add(b, x.type, idx, cts[0], op.attrs["axis"], source=x), None]
+    return [scatter_add(b, x.type, idx, cts[0], op.attrs["axis"]), None]
 
 
 def _index_update(b: Builder, op: Op, cts: list) -> list:
@@ -98,6 +82,13 @@ def _index_update(b: Builder, op: Op, cts: list) -> list:
     dx = b.op("index_update", ct, idx, b.const(0, ct.dtype), axis=axis)
     dupd = unbroadcast(b, b.op("gather", ct, idx, axis=axis), upd.type) if is_float(upd) else None
     return [dx, None, dupd]
+
+
+def _index_add(b: Builder, op: Op, cts: list) -> list:
+    x, idx, upd = op.inputs
+    ct = cts[0]
+    dupd = unbroadcast(b, b.op("gather", ct, idx, axis=op.attrs["axis"]), upd.type) if is_float(upd) else None
+    return [ct, None, dupd]
 
 
 def _boolean_mask(b: Builder, op: Op, cts: list) -> list:
@@ -184,7 +175,7 @@ def _space_depth(b: Builder, op: Op, cts: list) -> list:
 RULES = {
     "reshape": _reshape, "transpose": _transpose, "broadcast_to": _broadcast_to, "concat": _concat,
     "split": _split, "slice": _slice, "slice_update": _slice_update, "gather": _gather,
-    "index_update": _index_update, "boolean_mask": _boolean_mask, "pad": _pad, "tile": _tile,
+    "index_update": _index_update, "index_add": _index_add, "boolean_mask": _boolean_mask, "pad": _pad, "tile": _tile,
     "repeat": _repeat, "depth_to_space": _space_depth, "space_to_depth": _space_depth,
 }
 register_rules(RULES)

@@ -123,6 +123,11 @@ def _index_update(ts, attrs, regions):
     return [x]
 
 
+def _index_add(ts, attrs, regions):
+    require_kind(ts[0], "fiu", "x")
+    return _index_update(ts, attrs, regions)
+
+
 def _boolean_mask(ts, attrs, regions):
     x, mask = ts
     require_kind(mask, "b", "mask")
@@ -214,6 +219,7 @@ register("slice", _slice, attrs=SLICE_ATTRS)
 register("slice_update", _slice_update, arity=(2, 2), attrs=SLICE_ATTRS)
 register("gather", _gather, arity=(2, 2), attrs={"axis": "int"})
 register("index_update", _index_update, arity=(3, 3), attrs={"axis": "int"})
+register("index_add", _index_add, arity=(3, 3), attrs={"axis": "int"})
 register("boolean_mask", _boolean_mask, arity=(2, 2), attrs={"size": "dims"})
 register("pad", _pad, attrs={"pads": "ints", "mode": "str", "value": "float"})
 register("tile", _tile, attrs={"reps": "ints"})

@@ -3,7 +3,8 @@
 // - depth_to_space (DCR/CRD) and space_to_depth: 4-D block moves, any dtype (bytes are copied);
 // - slice_update / index_update: a copy of x with a strided slice / the indices along one axis
 //   replaced by an update broadcast to that region (duplicate indices: the last write wins, as in
-//   NumPy); boolean_mask: x[mask] when the result length is known before the step runs (a static
+//   NumPy); index_add: the same with the updates added (duplicates accumulate, as np.add.at);
+//   boolean_mask: x[mask] when the result length is known before the step runs (a static
 //   size or one bound by the inputs) -- a data-dependent length, which is what tracing emits, is
 //   refused at load since the Program sizes every buffer before running;
 // - one_hot (ONNX OneHot, optional `values` = (off, on)), prelu (slope broadcast to x), lrn
@@ -244,16 +245,18 @@ void slice_update_kernel(KernelCall& c) {
   });
 }
 
-void index_update_kernel(KernelCall& c) {
+// index_update (a repeated index keeps its last update) and index_add (updates accumulate, in index
+// order, as np.add.at; integers wrap): a copy of x written at the indices along one axis
+void index_write(KernelCall& c, const std::string& name, bool accumulate) {
   const Tensor& x = *c.in.at(0);
   const Tensor& idx = *c.in.at(1);
   const Tensor& upd = *c.in.at(2);
   Tensor& y = *c.out.at(0);
   c.expect_shape(0, x.shape);
   if (upd.dtype != x.dtype || y.dtype != x.dtype)
-    fail(kKernelError, std::string("index_update: x, update and output differ in dtype (") + dtype_name(x.dtype) +
-                           ", " + dtype_name(upd.dtype) + ", " + dtype_name(y.dtype) + ")");
-  if (!is_int(idx.dtype)) fail(kKernelError, std::string("index_update: indices must be integers, got ") + dtype_name(idx.dtype));
+    fail(kKernelError, name + ": x, update and output differ in dtype (" + dtype_name(x.dtype) + ", " +
+                           dtype_name(upd.dtype) + ", " + dtype_name(y.dtype) + ")");
+  if (!is_int(idx.dtype)) fail(kKernelError, name + ": indices must be integers, got " + dtype_name(idx.dtype));
   const int axis = norm_axis(c.i("axis", 0), x.rank());
   int64_t outer, n, inner;
   split_axis(x.shape, axis, &outer, &n, &inner);
@@ -268,8 +271,29 @@ void index_update_kernel(KernelCall& c) {
       fail(kKernelError, "index " + std::to_string(ip[j]) + " is out of bounds for axis " + std::to_string(axis) +
                              " with size " + std::to_string(n));
   std::vector<uint8_t> scratch;
-  const char* src = broadcast_update(upd, target, "index_update", scratch);
+  const char* src = broadcast_update(upd, target, name.c_str(), scratch);
   copy_input(x, y);
+  if (accumulate) {
+    dispatch_number(x.dtype, [&](auto zero) {
+      using T = decltype(zero);
+      T* out = y.ptr<T>();
+      const T* in = reinterpret_cast<const T*>(src);
+      for (int64_t o = 0; o < outer; ++o)
+        for (int64_t j = 0; j < ni; ++j) {
+          T* row = out + (o * n + (ip[j] < 0 ? ip[j] + n : ip[j])) * inner;
+          const T* u = in + (o * ni + j) * inner;
+          for (int64_t e = 0; e < inner; ++e) {
+            if constexpr (std::is_same_v<T, bool>)  // (refused by dispatch_number before this runs)
+              row[e] = row[e] || u[e];
+            else if constexpr (std::is_integral_v<T>)
+              row[e] = static_cast<T>(static_cast<std::make_unsigned_t<T>>(row[e]) + static_cast<std::make_unsigned_t<T>>(u[e]));
+            else
+              row[e] += u[e];
+          }
+        }
+    });
+    return;
+  }
   const size_t block = static_cast<size_t>(inner) * dtype_size(x.dtype);
   char* dst = static_cast<char*>(y.data);
   for (int64_t o = 0; o < outer; ++o)
@@ -278,6 +302,9 @@ void index_update_kernel(KernelCall& c) {
       std::memcpy(dst + (o * n + k) * block, src + (o * ni + j) * block, block);
     }
 }
+
+void index_update_kernel(KernelCall& c) { index_write(c, "index_update", false); }
+void index_add_kernel(KernelCall& c) { index_write(c, "index_add", true); }
 
 void boolean_mask_kernel(KernelCall& c) {
   const Tensor& x = *c.in.at(0);
@@ -311,9 +338,9 @@ void check_slice_update(const OpDef& op, const GraphDef& g) {
 void check_index_update(const OpDef& op, const GraphDef& g) {
   require_arity(op, 3, 3);
   DType it = value_dtype(g, op.inputs[1]);
-  if (!is_int(it)) fail(kUnsupportedError, std::string("native index_update needs integer indices, got ") + dtype_name(it));
+  if (!is_int(it)) fail(kUnsupportedError, "native " + op.kind + " needs integer indices, got " + dtype_name(it));
   if (value_dtype(g, op.inputs[2]) != value_dtype(g, op.inputs[0]) || value_dtype(g, op.outputs[0]) != value_dtype(g, op.inputs[0]))
-    fail(kUnsupportedError, "native index_update expects x, update and output of one dtype");
+    fail(kUnsupportedError, "native " + op.kind + " expects x, update and output of one dtype");
 }
 
 void check_boolean_mask(const OpDef& op, const GraphDef& g) {
@@ -637,6 +664,7 @@ void register_extra(KernelTable& t) {
   t["space_to_depth"] = {space_to_depth_kernel, check_block};
   t["slice_update"] = {slice_update_kernel, check_slice_update};
   t["index_update"] = {index_update_kernel, check_index_update};
+  t["index_add"] = {index_add_kernel, check_index_update};
   t["boolean_mask"] = {boolean_mask_kernel, check_boolean_mask};
   t["one_hot"] = {one_hot_kernel, check_one_hot};
   t["prelu"] = {prelu_kernel, check_prelu};
