@@ -182,8 +182,8 @@ const std::map<std::string, Path>& paths() {
          {// unary math and activations (NumPy's half loops and special.py compute in float32)
           "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "cbrt", "sin", "cos", "tan", "asin",
           "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "reciprocal", "erf", "sigmoid",
-          "softplus", "softsign", "hard_swish", "gelu", "normal_cdf", "elu", "celu", "selu", "leaky_relu", "thresholded_relu",
-          "hard_sigmoid", "floor", "ceil", "trunc", "round", "neg", "abs", "sign", "relu",
+          "softplus", "softsign", "hard_swish", "gelu", "normal_cdf", "elu", "celu", "selu", "leaky_relu",
+          "thresholded_relu", "hard_sigmoid", "floor", "ceil", "trunc", "round", "neg", "abs", "sign", "relu",
           // predicates and comparisons: exact on the float32 values
           "logical_not", "isnan", "isinf", "isfinite", "equal", "not_equal", "less", "less_equal", "greater",
           "greater_equal", "logical_and", "logical_or", "logical_xor", "where",

@@ -286,7 +286,8 @@ void index_write(KernelCall& c, const std::string& name, bool accumulate) {
             if constexpr (std::is_same_v<T, bool>)  // (refused by dispatch_number before this runs)
               row[e] = row[e] || u[e];
             else if constexpr (std::is_integral_v<T>)
-              row[e] = static_cast<T>(static_cast<std::make_unsigned_t<T>>(row[e]) + static_cast<std::make_unsigned_t<T>>(u[e]));
+              row[e] = static_cast<T>(static_cast<std::make_unsigned_t<T>>(row[e]) +
+                                      static_cast<std::make_unsigned_t<T>>(u[e]));
             else
               row[e] += u[e];
           }
