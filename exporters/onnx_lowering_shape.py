@@ -115,8 +115,9 @@ def index_update(cx, op, ins, outs):
 
 def index_add(cx, op, ins, outs):
     if cx.opset < 16:
-        raise ExportError(f"index_add (an accumulating scatter, e.g. the gradient of an indexing read) needs "
-                          f"ScatterElements with reduction='add', from opset 16; got opset {cx.opset}{cx._where()}")
+        at = f" (at {op.loc})" if op.loc else ""
+        raise ExportError(f"index_add{at} (an accumulating scatter, e.g. the gradient of an indexing read) needs "
+                          f"ScatterElements with reduction='add', from opset 16; got opset {cx.opset}")
     x, idx, update = ins
     numbers, shp = _element_numbers(cx, x)
     picked = cx.node("Gather", [numbers, _index(cx, idx)], axis=op.attrs["axis"])
