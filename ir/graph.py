@@ -52,7 +52,12 @@ class Value:
 
 
 class Op:
-    """One operation: `kind` names a registry entry; outputs are created typed by its rule."""
+    """One operation: `kind` names a registry entry; outputs are created typed by its rule.
+
+    >>> g = Graph.from_inputs([("x", TensorType(np.float32, (2, 3)))])
+    >>> Op("transpose", g.inputs, {"perm": (1, 0)}).output
+    Value(%?: f32[3,2])
+    """
 
     __slots__ = ("kind", "inputs", "outputs", "attrs", "regions", "loc")
 
@@ -85,6 +90,11 @@ class Region:
     """A list of ops with inputs and outputs; the body of a graph or of an If/Loop op.
 
     Ops inside a region may use values defined in enclosing regions (as in ONNX and MLIR).
+
+    >>> body = Region([Value(TensorType(np.float32, ()), "t")])
+    >>> body.outputs = [body.add_op("neg", body.inputs).output]
+    >>> [op.kind for op in body.ops], body.outputs[0].type == body.inputs[0].type
+    (['neg'], True)
     """
 
     def __init__(self, inputs: Sequence[Value] = (), ops: Sequence[Op] = (),
@@ -106,7 +116,14 @@ class Region:
         return op
 
     def walk(self) -> Iterator[Op]:
-        """Every op of this region and of nested regions, outer before inner."""
+        """Every op of this region and of nested regions, outer before inner.
+
+        >>> import tracer
+        >>> from ir.passes import FuseElementwise
+        >>> g = FuseElementwise().run(tracer.trace(lambda x: np.exp(-x), np.zeros(3, np.float32))).graph
+        >>> [op.kind for op in g.walk()]
+        ['fused_elementwise', 'neg', 'exp']
+        """
         for op in self.ops:
             yield op
             for r in op.regions:
@@ -156,7 +173,14 @@ class Graph(Region):
         return pytree.leaf_paths(self.out_tree, "output")
 
     def copy(self) -> Graph:
-        """A deep copy (new Values and Ops; constants' arrays shared, they are immutable)."""
+        """A deep copy (new Values and Ops; constants' arrays shared, they are immutable).
+
+        >>> import tracer
+        >>> g = tracer.trace(lambda x: x + 1.0, 2.0)
+        >>> h = g.copy()
+        >>> h == g, h.ops[0] is g.ops[0]
+        (True, False)
+        """
         from .parser import parse
         from .printer import to_text
 

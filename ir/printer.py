@@ -171,7 +171,15 @@ def _collect_constants(region: Region, out: dict[str, np.ndarray]) -> None:
 
 
 def to_text(g: Graph, elide: bool = False) -> str:
-    """The graph as text; lossless unless `elide` (see the module docstring)."""
+    """The graph as text; lossless unless `elide` (see the module docstring).
+
+    >>> import tracer
+    >>> print(to_text(tracer.trace(lambda x: -x, 1.0)), end="")
+    graph(%x: f64[]) {
+      %0: f64[] = neg(%x)
+      return %0
+    }
+    """
     namer = _Namer()
     for v in g.inputs:
         namer.bind_input(v)

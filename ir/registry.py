@@ -50,7 +50,13 @@ class OpDef:
         return KERNELS[self.kernel_name or self.name]
 
     def infer_types(self, op) -> list:
-        """Run the type rule for an op; raises `TypeRuleError` naming the op."""
+        """Run the type rule for an op; raises `TypeRuleError` naming the op.
+
+        >>> import numpy as np, tracer
+        >>> op = tracer.trace(lambda x: x.sum(axis=0), np.zeros((2, 3), np.float32)).ops[0]
+        >>> [str(t) for t in get_op(op.kind).infer_types(op)]
+        ['f32[3]']
+        """
         n = len(op.inputs)
         lo, hi = self.arity
         if n < lo or (hi is not None and n > hi):

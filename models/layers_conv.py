@@ -33,6 +33,11 @@ class Conv2d(Module):
         self.stride, self.padding, self.groups, self.bias = stride, padding, int(groups), bias
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """weight (out, in/groups, kh, kw) and bias (out,), uniform in ±1/sqrt(fan_in).
+
+        >>> {k: v.shape for k, v in Conv2d(2, 4, 3).init_params(np.random.default_rng(0)).items()}
+        {'weight': (4, 2, 3, 3), 'bias': (4,)}
+        """
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         bound = 1.0 / np.sqrt(fan_in)
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
@@ -42,6 +47,11 @@ class Conv2d(Module):
         return p
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """The convolution of an NCHW `x`; other ranks raise `ModelError`.
+
+        >>> Conv2d(1, 1, 2, bias=False).apply({"weight": np.ones((1, 1, 2, 2))}, np.ones((1, 1, 3, 3))).tolist()
+        [[[[4.0, 4.0], [4.0, 4.0]]]]
+        """
         if _rank(x) != 4:
             raise ModelError(f"Conv2d: expected an NCHW input of rank 4, got rank {_rank(x)}")
         return ops.conv2d(x, params["weight"], params.get("bias"), stride=self.stride, padding=self.padding,
@@ -65,10 +75,22 @@ class BatchNorm2d(Module):
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), float(momentum)
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """weight ones, bias zeros, and the buffers running_mean (zeros) and running_var (ones).
+
+        >>> sorted(BatchNorm2d(3).init_params(np.random.default_rng(0)))
+        ['bias', 'running_mean', 'running_var', 'weight']
+        """
         c = self.num_features
         return {"weight": np.ones(c), "bias": np.zeros(c), "running_mean": np.zeros(c), "running_var": np.ones(c)}
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """Normalize `x` (see the class docstring); in training, record the new running stats in `updates`.
+
+        >>> bn = BatchNorm2d(1); p = bn.init(0, np.float64); upd = {}
+        >>> y = bn.apply(p, np.arange(4.0).reshape(4, 1, 1, 1), train=True, updates=upd)
+        >>> y.ravel().round(3).tolist(), round(float(upd["running_mean"][0]), 6)
+        ([-1.342, -0.447, 0.447, 1.342], 0.15)
+        """
         if _rank(x) != 4:
             raise ModelError(f"BatchNorm2d: expected an NCHW input of rank 4, got rank {_rank(x)}")
         if not train:
@@ -96,6 +118,11 @@ class MaxPool2d(Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """The maximum of each window of an NCHW `x`.
+
+        >>> MaxPool2d(2).apply({}, np.arange(16.0).reshape(1, 1, 4, 4)).tolist()
+        [[[[5.0, 7.0], [13.0, 15.0]]]]
+        """
         return ops.max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
@@ -107,4 +134,9 @@ class GlobalAvgPool2d(Module):
     """
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """The mean of each channel over axes 2 and 3.
+
+        >>> GlobalAvgPool2d().apply({}, np.arange(8.0).reshape(1, 2, 2, 2)).tolist()
+        [[1.5, 5.5]]
+        """
         return np.mean(x, axis=(2, 3))

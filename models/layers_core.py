@@ -31,7 +31,13 @@ Params = dict
 
 class ModelError(CastmlError, ValueError):
     """A model is used wrongly: wrong input rank or size, parameters missing, a mode that is not
-    available. The message names the layer and what it expected."""
+    available. The message names the layer and what it expected.
+
+    >>> Dropout(1.5)
+    Traceback (most recent call last):
+        ...
+    models.layers_core.ModelError: Dropout: p must be in [0, 1), got 1.5
+    """
 
 
 def _rank(x: Any) -> int:
@@ -107,11 +113,25 @@ class Module:
     params: Params | None = None
 
     def children(self) -> dict[str, Module]:
-        """Child modules by name, in definition order."""
+        """Child modules by name, in definition order.
+
+        >>> class Head(Module):
+        ...     def __init__(self):
+        ...         self.body, self.out = Linear(4, 3), Linear(3, 1)
+        >>> list(Head().children())
+        ['body', 'out']
+        """
         return {k: v for k, v in vars(self).items() if isinstance(v, Module)}
 
     def init_params(self, rng: np.random.Generator) -> Params:
-        """Fresh parameters drawn from `rng` (float64; `init` casts them)."""
+        """Fresh parameters drawn from `rng` (float64; `init` casts them); here, the children's, by name.
+
+        >>> class Head(Module):
+        ...     def __init__(self):
+        ...         self.body, self.out = Linear(4, 3), Linear(3, 1, bias=False)
+        >>> {k: sorted(v) for k, v in Head().init_params(np.random.default_rng(0)).items()}
+        {'body': ['bias', 'weight'], 'out': ['weight']}
+        """
         return {name: child.init_params(rng) for name, child in self.children().items()}
 
     def init(self, seed: int = 0, dtype: Any = np.float32) -> Params:
@@ -124,7 +144,15 @@ class Module:
         return self.params
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
-        """The layer as a pure function of `params` and `x` (NumPy arrays or tracers)."""
+        """The layer as a pure function of `params` and `x` (NumPy arrays or tracers).
+
+        Every layer overrides it; the base class has no computation of its own:
+
+        >>> Module().apply({}, np.ones(2))
+        Traceback (most recent call last):
+            ...
+        models.layers_core.ModelError: Module does not define apply(params, x)
+        """
         raise ModelError(f"{type(self).__name__} does not define apply(params, x)")
 
     def __call__(self, x: Any, train: bool = False) -> Any:
@@ -179,9 +207,19 @@ class Sequential(Module):
         self.layers = list(layers)
 
     def children(self) -> dict[str, Module]:
+        """The layers by their index as a string, "0", "1", ….
+
+        >>> list(Sequential([Linear(2, 2), ReLU()]).children())
+        ['0', '1']
+        """
         return {str(i): m for i, m in enumerate(self.layers)}
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """Each layer's parameters under its index; layers without parameters get no key.
+
+        >>> sorted(Sequential([Linear(2, 2), ReLU(), Linear(2, 1)]).init_params(np.random.default_rng(0)))
+        ['0', '2']
+        """
         out = {}
         for name, child in self.children().items():
             p = child.init_params(rng)
@@ -190,6 +228,12 @@ class Sequential(Module):
         return out
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """Apply the layers in order, layer i with `params[str(i)]` (`{}` when absent).
+
+        >>> m = Sequential([Linear(2, 1, bias=False), ReLU()])
+        >>> m.apply({"0": {"weight": np.array([[1.0], [-2.0]])}}, np.ones((1, 2))).tolist()
+        [[0.0]]
+        """
         for name, child in self.children().items():
             x = child.apply(params.get(name, {}), x, train=train, updates=_sub(updates, name))
         return x
@@ -207,6 +251,11 @@ class Linear(Module):
         self.in_features, self.out_features, self.bias = int(in_features), int(out_features), bias
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """weight (in, out) and bias (out,), uniform in ±1/sqrt(in).
+
+        >>> {k: v.shape for k, v in Linear(3, 2).init_params(np.random.default_rng(0)).items()}
+        {'weight': (3, 2), 'bias': (2,)}
+        """
         bound = 1.0 / np.sqrt(self.in_features)
         p = {"weight": rng.uniform(-bound, bound, (self.in_features, self.out_features))}
         if self.bias:
@@ -214,6 +263,11 @@ class Linear(Module):
         return p
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """x @ weight + bias, over the last axis of `x`.
+
+        >>> Linear(2, 1).apply({"weight": np.ones((2, 1)), "bias": np.array([0.5])}, np.ones((3, 2))).tolist()
+        [[2.5], [2.5], [2.5]]
+        """
         y = x @ params["weight"]
         return y + params["bias"] if self.bias else y
 
@@ -253,6 +307,12 @@ class Flatten(Module):
     """
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """Reshape to (N, prod(non-batch dims)); a symbolic batch stays symbolic.
+
+        >>> import tracer
+        >>> print(tracer.trace(lambda x: Flatten().apply({}, x), tracer.TensorSpec(("n", 3, 4))).outputs[0].type)
+        f32[n,12]
+        """
         rest = x.shape[1:]
         if not all(isinstance(d, (int, np.integer)) for d in rest):
             raise ModelError(f"Flatten: the non-batch dims must be static, got shape {x.shape}")
@@ -279,6 +339,12 @@ class Dropout(Module):
         self.rng = np.random.default_rng(seed)
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """The identity unless `train`; in training, each element is zeroed or scaled by 1/(1-p).
+
+        >>> d = Dropout(0.5)
+        >>> d.apply({}, np.ones(4)).tolist(), sorted(set(d.apply({}, np.ones(8), train=True).tolist()))
+        ([1.0, 1.0, 1.0, 1.0], [0.0, 2.0])
+        """
         from . import rng
 
         if not train or self.p == 0.0:
@@ -304,9 +370,19 @@ class Embedding(Module):
         self.num_embeddings, self.dim = int(num_embeddings), int(dim)
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """weight (num_embeddings, dim), standard normal.
+
+        >>> Embedding(10, 4).init_params(np.random.default_rng(0))["weight"].shape
+        (10, 4)
+        """
         return {"weight": rng.standard_normal((self.num_embeddings, self.dim))}
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """The rows of weight picked by the integer ids `x` (shape x.shape + (dim,)).
+
+        >>> Embedding(3, 2).apply({"weight": np.arange(6.0).reshape(3, 2)}, np.array([2, 0])).tolist()
+        [[4.0, 5.0], [0.0, 1.0]]
+        """
         return params["weight"][x]
 
 
@@ -322,7 +398,18 @@ class LayerNorm(Module):
         self.eps = float(eps)
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """weight ones and bias zeros of the normalized shape.
+
+        >>> {k: v.tolist() for k, v in LayerNorm(2).init_params(np.random.default_rng(0)).items()}
+        {'weight': [1.0, 1.0], 'bias': [0.0, 0.0]}
+        """
         return {"weight": np.ones(self.shape), "bias": np.zeros(self.shape)}
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """(x - mean) / sqrt(var + eps) over the trailing dims, times weight, plus bias.
+
+        >>> p = {"weight": np.full(2, 2.0), "bias": np.ones(2)}
+        >>> LayerNorm(2).apply(p, np.array([[1.0, 3.0]])).round(3).tolist()
+        [[-1.0, 3.0]]
+        """
         return ops.layer_norm(x, params["weight"], params["bias"], self.eps)

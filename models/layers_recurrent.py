@@ -79,12 +79,23 @@ class GRUCell(Module):
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
 
     def init_params(self, rng: np.random.Generator) -> Params:
+        """weight_ih (in, 3*hidden), weight_hh (hidden, 3*hidden) and two biases, uniform in ±1/sqrt(hidden).
+
+        >>> {k: v.shape for k, v in GRUCell(2, 3).init_params(np.random.default_rng(0)).items()}["weight_ih"]
+        (2, 9)
+        """
         bound = 1.0 / np.sqrt(self.hidden_size)
         n, h = self.input_size, self.hidden_size
         shapes = {"weight_ih": (n, 3 * h), "weight_hh": (h, 3 * h), "bias_ih": (3 * h,), "bias_hh": (3 * h,)}
         return {name: rng.uniform(-bound, bound, shape) for name, shape in shapes.items()}
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """The new hidden state from `x = (input, h)`; anything else raises `ModelError`.
+
+        >>> c = GRUCell(2, 1); p = {k: np.zeros_like(v) for k, v in c.init(0, np.float64).items()}
+        >>> c.apply(p, (np.ones((1, 2)), np.ones((1, 1)))).tolist()  # z = 0.5, n = 0: h / 2
+        [[0.5]]
+        """
         if not isinstance(x, tuple) or len(x) != 2:
             raise ModelError(f"GRUCell: expected (x, h), got {type(x).__name__}")
         inp, h = x
@@ -106,6 +117,13 @@ class GRU(Module):
         self.return_sequences = bool(return_sequences)
 
     def apply(self, params: Params, x: Any, train: bool = False, updates: dict | None = None) -> Any:
+        """Run the cell over axis 1 of `x` (batch, seq, in); traced, the time loop is one `loop` op.
+
+        >>> gru = GRU(3, 4); p = gru.init(0)
+        >>> g = tracer.trace(lambda x: gru.apply(p, x), tracer.TensorSpec(("n", "t", 3)))
+        >>> str(g.outputs[0].type), [op.kind for op in g.ops if op.regions]
+        ('f32[n,4]', ['loop'])
+        """
         if _rank(x) != 3 or x.shape[2] != self.cell.input_size:
             raise ModelError(f"GRU: expected input (batch, seq, {self.cell.input_size}), got shape {x.shape}")
         p = params["cell"]

@@ -44,11 +44,21 @@ class SGD:
         self.nesterov = bool(nesterov)
 
     def init(self, params: Any) -> dict:
-        """Optimizer state: the momentum buffers (zeros like params), or {} without momentum."""
+        """Optimizer state: the momentum buffers (zeros like params), or {} without momentum.
+
+        >>> SGD().init({"w": np.ones(2)}), SGD(momentum=0.9).init({"w": np.ones(2)})["momentum"]["w"].tolist()
+        ({}, [0.0, 0.0])
+        """
         return {"momentum": tree_map(_zeros_like, params)} if self.momentum else {}
 
     def update(self, params: Any, grads: Any, state: dict) -> tuple[Any, dict]:
-        """One step; returns (new params, new state)."""
+        """One step; returns (new params, new state).
+
+        >>> opt = SGD(lr=0.1, momentum=0.9); p = {"w": np.array(1.0)}; s = opt.init(p)
+        >>> for _ in range(2): p, s = opt.update(p, {"w": np.array(1.0)}, s)
+        >>> round(float(p["w"]), 6), float(s["momentum"]["w"])
+        (0.71, 1.9)
+        """
         if self.weight_decay:
             grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
         if not self.momentum:
@@ -74,13 +84,24 @@ class Adam:
         self.b1, self.b2 = float(betas[0]), float(betas[1])
 
     def init(self, params: Any) -> dict:
-        """State: step (a 0-d array of the parameters' float dtype), first and second moments."""
+        """State: step (a 0-d array of the parameters' float dtype), first and second moments.
+
+        >>> s = Adam().init({"w": np.ones(2, np.float32)})
+        >>> s["step"].dtype, s["m"]["w"].tolist(), s["v"]["w"].tolist()
+        (dtype('float32'), [0.0, 0.0], [0.0, 0.0])
+        """
         leaves = pytree.flatten(params)[0]
         dtype = np.asarray(leaves[0]).dtype if leaves else np.float32
         return {"step": np.zeros((), dtype), "m": tree_map(_zeros_like, params), "v": tree_map(_zeros_like, params)}
 
     def update(self, params: Any, grads: Any, state: dict) -> tuple[Any, dict]:
-        """One step; returns (new params, new state)."""
+        """One step; returns (new params, new state).
+
+        >>> opt = Adam(lr=0.1); p = {"w": np.array(1.0)}
+        >>> p, s = opt.update(p, {"w": np.array(2.0)}, opt.init(p))
+        >>> float(s["step"]), round(float(s["m"]["w"]), 6), round(float(p["w"]), 6)
+        (1.0, 0.2, 0.9)
+        """
         if self.weight_decay:
             grads = tree_map(lambda g, p: g + self.weight_decay * p, grads, params)
         t = state["step"] + 1.0

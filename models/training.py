@@ -157,7 +157,12 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None):
 
 
 class History:
-    """Per-epoch metrics (`history.metrics["loss"]` etc.), the final parameters and optimizer state."""
+    """Per-epoch metrics (`history.metrics["loss"]` etc.), the final parameters and optimizer state.
+
+    >>> h = History(); h.record({"loss": 0.5}); h.record({"loss": 0.25})
+    >>> h.metrics, h
+    ({'loss': [0.5, 0.25]}, History(loss=0.25))
+    """
 
     def __init__(self):
         self.metrics: dict[str, list[float]] = {}
@@ -165,6 +170,12 @@ class History:
         self.opt_state: Any = None
 
     def record(self, row: dict[str, float]) -> None:
+        """Append one epoch's metrics, one value per name, to `metrics`.
+
+        >>> h = History(); h.record({"loss": 1.0, "accuracy": 0.5})
+        >>> h.metrics["accuracy"]
+        [0.5]
+        """
         for k, v in row.items():
             self.metrics.setdefault(k, []).append(v)
 

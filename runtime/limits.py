@@ -106,7 +106,12 @@ def set_limits(**values: int) -> Limits:
 
 
 def restore(saved: Limits) -> None:
-    """Put back limits returned by `set_limits`."""
+    """Put back limits returned by `set_limits`.
+
+    >>> old = set_limits(max_rank=3)
+    >>> restore(old); current() == old
+    True
+    """
     global _current
     with _lock:
         _current = saved

@@ -254,7 +254,14 @@ class Session(_EntryPoints):
 
     # -- running -------------------------------------------------------------------------------
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the entry on arguments shaped like the traced function's; returns its pytree."""
+        """Run the entry on arguments shaped like the traced function's; returns its pytree.
+
+        >>> import tracer
+        >>> from exporters.castml_format import to_bytes
+        >>> sess = load(to_bytes(tracer.trace(lambda x, y: {"s": x + y, "d": x - y}, 1.0, 2.0)), backend="numpy")
+        >>> {k: float(v) for k, v in sess.run(5.0, y=1.0).items()}
+        {'s': 6.0, 'd': 4.0}
+        """
         e = self._entry
         arrays, env = e.program.bind(e.leaves(args, kwargs))
         e.check_limits(env)
@@ -280,7 +287,15 @@ class Session(_EntryPoints):
         return outs
 
     def profile(self) -> list[ProfileRow]:
-        """Time per op over all calls so far, slowest first (load with `profile=True`)."""
+        """Time per op over all calls so far, slowest first (load with `profile=True`).
+
+        >>> import tracer
+        >>> from exporters.castml_format import to_bytes
+        >>> sess = load(to_bytes(tracer.trace(lambda x: np.exp(x) * 2.0, 1.0)), profile=True)
+        >>> _ = sess.run(0.0); _ = sess.run(1.0)
+        >>> sorted((r.kind, r.calls) for r in sess.profile())
+        [('constant', 2), ('exp', 2), ('mul', 2)]
+        """
         if self._profile is None:
             raise CastmlError("no profile: load the model with runtime.load(..., profile=True)")
         with self._profile.lock:

@@ -88,7 +88,14 @@ def current() -> TraceContext | None:
 
 
 class Tracer:
-    """Stands in for a NumPy array while tracing; records every operation applied to it."""
+    """Stands in for a NumPy array while tracing; records every operation applied to it.
+
+    >>> import tracer
+    >>> g = tracer.trace(lambda x: print(repr(x), x.shape) or -x, np.zeros((2, 3), np.float32))
+    Tracer(f32[2,3]) (2, 3)
+    >>> [op.kind for op in g.ops]
+    ['neg']
+    """
 
     __slots__ = ("_ctx", "_value", "_concrete", "_weak", "_sym", "_base", "__weakref__")
     __array_priority__ = 1000
@@ -187,9 +194,21 @@ class Tracer:
         return id(self)
 
     def item(self):
+        """The value as a Python scalar: only in concrete mode (under `tracer.grad`), as for `bool()`.
+
+        >>> import tracer
+        >>> float(tracer.grad(lambda x: x * x.item())(3.0))  # item() is a constant: d/dx = 3
+        3.0
+        """
         return self._concrete_or_raise(".item()").item()
 
     def tolist(self):
+        """The value as nested Python lists: only in concrete mode (under `tracer.grad`), as for `bool()`.
+
+        >>> import tracer
+        >>> tracer.grad(lambda x: (x * max(x.tolist())).sum())(np.array([1.0, 2.0])).tolist()
+        [2.0, 2.0]
+        """
         return self._concrete_or_raise(".tolist()").tolist()
 
     # dispatch: see tracer.numpy_api (imported on first use: it imports this module; a

@@ -132,7 +132,13 @@ class custom_vjp:  # noqa: N801  (named like the JAX decorator it mirrors)
         self._inside = False  # fwd may call the function itself (as in JAX's examples)
 
     def defvjp(self, fwd: Callable, bwd: Callable) -> None:
-        """Set the forward (`-> (output, residuals)`) and backward (`(residuals, ct) -> tuple`)."""
+        """Set the forward (`-> (output, residuals)`) and backward (`(residuals, ct) -> tuple`).
+
+        >>> double = custom_vjp(lambda x: 2.0 * x)
+        >>> double.defvjp(lambda x: (2.0 * x, x), lambda res, ct: (3.0 * ct,))
+        >>> float(grad(double)(1.0))  # bwd's 3, not the true derivative 2
+        3.0
+        """
         self.fwd, self.bwd = fwd, bwd
 
     def __call__(self, *args: Any) -> Any:

@@ -222,5 +222,10 @@ class AlgebraicSimplification:
     name = "algebra"
 
     def run(self, graph: Graph) -> PassResult:
-        """Simplify in place (dead ops are left for DCE)."""
+        """Simplify in place (dead ops are left for DCE).
+
+        >>> import tracer
+        >>> AlgebraicSimplification().run(tracer.trace(lambda x: x * 1.0, 2.0)).graph.outputs
+        [Value(%x: f64[])]
+        """
         return PassResult(graph, rewrite_graph(graph, simplify, uses=False))

@@ -80,7 +80,12 @@ class DCE:
     name = "dce"
 
     def run(self, graph: Graph) -> PassResult:
-        """Narrow multi-output ops, then drop unused ops."""
+        """Narrow multi-output ops, then drop unused ops.
+
+        >>> import tracer, numpy as np
+        >>> DCE().run(tracer.trace(lambda x: np.split(x, 2)[0], np.zeros(4))).modified
+        True
+        """
         # (counting uses for the rewrite costs more than the rest of DCE: skip it without splits)
         changed = _has_split(graph) and rewrite_graph(graph, _narrow_split)
         changed |= eliminate_dead_code(graph)

@@ -74,5 +74,11 @@ class DedupConstants:
     name = "dedup"
 
     def run(self, graph: Graph) -> PassResult:
-        """Rewrite duplicate constants in place (the copies are left for DCE)."""
+        """Rewrite duplicate constants in place (the copies are left for DCE).
+
+        >>> import tracer
+        >>> w = np.arange(20.0).reshape(4, 5)
+        >>> DedupConstants().run(tracer.trace(lambda x: x @ w @ np.ascontiguousarray(w.T), np.zeros((3, 4)))).modified
+        True
+        """
         return PassResult(graph, rewrite_graph(graph, _Dedup()))

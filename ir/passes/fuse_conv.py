@@ -108,5 +108,11 @@ class FuseConv:
     name = "fuse_conv"
 
     def run(self, graph: Graph) -> PassResult:
-        """Fuse in place (the unfused ops are left for DCE)."""
+        """Fuse in place (the unfused ops are left for DCE).
+
+        >>> import tracer, numpy as np
+        >>> g = tracer.trace(lambda x: tracer.ops.relu(tracer.ops.conv(x, np.ones((2, 1, 3)))), np.zeros((1, 1, 5)))
+        >>> FuseConv().run(g).graph.outputs[0].producer.kind
+        'fused_conv'
+        """
         return PassResult(graph, rewrite_graph(graph, _rule))

@@ -77,5 +77,11 @@ class FuseLinear:
     name = "fuse_linear"
 
     def run(self, graph: Graph) -> PassResult:
-        """Fuse in place (the unfused ops are left for DCE)."""
+        """Fuse in place (the unfused ops are left for DCE).
+
+        >>> import tracer, numpy as np
+        >>> g = tracer.trace(lambda x: x @ np.ones((3, 2)) + np.zeros(2), np.zeros((4, 3)))
+        >>> FuseLinear().run(g).graph.outputs[0].producer.kind
+        'gemm'
+        """
         return PassResult(graph, rewrite_graph(graph, _fuse))

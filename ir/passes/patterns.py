@@ -328,5 +328,11 @@ class RecognizePatterns:
     name = "patterns"
 
     def run(self, graph: Graph) -> PassResult:
-        """Rewrite in place (the decomposed ops are left for DCE)."""
+        """Rewrite in place (the decomposed ops are left for DCE).
+
+        >>> import tracer, numpy as np
+        >>> g = tracer.trace(lambda x: 0.5 * x * (1.0 + tracer.ops.erf(x / np.sqrt(2.0))), np.zeros(3))
+        >>> RecognizePatterns().run(g).graph.outputs[0].producer.kind
+        'gelu'
+        """
         return PassResult(graph, rewrite_graph(graph, _rule))

@@ -99,5 +99,11 @@ class ShapeSimplification:
     name = "shapes"
 
     def run(self, graph: Graph) -> PassResult:
-        """Rewrite in place (dead ops are left for DCE)."""
+        """Rewrite in place (dead ops are left for DCE).
+
+        >>> import tracer
+        >>> g = tracer.trace(lambda x: x * (x.shape[0] - x.shape[0]), tracer.TensorSpec(("n",), np.int64))
+        >>> ShapeSimplification().run(g).modified
+        True
+        """
         return PassResult(graph, rewrite_graph(graph, _ShapeRule(), uses=False))
