@@ -12,6 +12,8 @@ import numpy as np
 
 from tracer import ops
 
+__all__ = ["cross_entropy", "mse", "accuracy", "LOSSES"]
+
 
 def cross_entropy(logits: Any, labels: Any) -> Any:
     """Mean over the batch of -log softmax(logits)[label]; logits (N, C), labels int (N,).

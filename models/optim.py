@@ -13,6 +13,8 @@ import numpy as np
 
 from runtime import pytree
 
+__all__ = ["SGD", "Adam", "OPTIMIZERS", "tree_map"]
+
 
 def tree_map(fn: Callable, tree: Any, *rest: Any) -> Any:
     """Apply `fn` leafwise to pytrees of the same structure.
