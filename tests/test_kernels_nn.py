@@ -19,7 +19,6 @@ ONNX float attributes are float32, so tests use attribute values exact in float3
 
 from __future__ import annotations
 
-import doctest
 import inspect
 import math
 import warnings
@@ -822,9 +821,3 @@ def test_kernels_never_write_to_their_inputs_and_keep_the_dtype(fn, args, kwargs
     y = fn(*frozen, **kwargs)
     assert y.dtype == args[0].dtype
     assert not any(np.shares_memory(y, f) for f in frozen)
-
-
-@pytest.mark.parametrize("module", [nn, conv_module, special])
-def test_docstring_examples(module):
-    result = doctest.testmod(module, extraglobs={"np": np}, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.failed == 0 and result.attempted > 0
