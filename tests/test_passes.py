@@ -76,6 +76,11 @@ def _gelu_tanh(x):
     return x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))) * 0.5
 
 
+def _gelu_and_phi(x):
+    phi = ops.normal_cdf(x)
+    return x * phi, phi + 1.0
+
+
 N4 = TensorSpec(("n", 4), F64)
 CASES = {
     "dce": (_parsed("""graph(%x: f64[6]) {
@@ -143,6 +148,9 @@ CASES = {
     "layer_norm": (_traced(_layer_norm, N4), P.RecognizePatterns()),
     "gelu": (_traced(_gelu, N4), P.RecognizePatterns()),
     "gelu_tanh": (_traced(_gelu_tanh, N4), P.RecognizePatterns()),
+    "gelu_normal_cdf": (_traced(lambda x: ops.normal_cdf(x) * x, N4), P.RecognizePatterns()),
+    # Phi used twice (as gradient graphs do): kept, so it is computed once
+    "gelu_shared_phi": (_traced(_gelu_and_phi, N4), P.RecognizePatterns()),
     "linear": (_traced(lambda x: np.maximum(x @ W34 + B4, 0.0), TensorSpec(("n", 3), F64)), P.FuseLinear()),
     "conv_bn": (_traced(lambda x: ops.relu(ops.batch_norm(ops.conv(x, WC), **BN)), TensorSpec(("n", 1, 5), F64)),
                 P.FuseConv()),
@@ -241,6 +249,22 @@ graph(%x: f64[n,4]) {
   %0: f64[n,4] = gelu[approximate="tanh"](%x)
   return %0
 }
+""",
+    'gelu_normal_cdf': """\
+graph(%x: f64[n,4]) {
+  %0: f64[n,4] = gelu[approximate="none"](%x)
+  return %0
+}
+""",
+    'gelu_shared_phi': """\
+graph(%x: f64[n,4]) {
+  %0: f64[n,4] = normal_cdf(%x)
+  %1: f64[n,4] = mul(%x, %0)
+  %2: f64[] = constant[value=tensor<f64[]: [1.0]>]()
+  %3: f64[n,4] = add(%0, %2)
+  return %1, %3
+}
+signature {"out_tree":["tuple",[["*"],["*"]]]}
 """,
     'linear': """\
 graph(%x: f64[n,3]) {

@@ -280,6 +280,12 @@ def _tanh_inner(v: Value, x: Value) -> bool:
 def _gelu(op: Op, rw: Rewriter):
     if op.output.dtype.kind != "f":
         return None
+    for x, y in ((op.inputs[0], op.inputs[1]), (op.inputs[1], op.inputs[0])):
+        # x * normal_cdf(x), Phi used nowhere else (gradient graphs share it with the backward)
+        p = y.producer
+        if p is not None and p.kind == "normal_cdf" and p.inputs[0] is x and x.type == op.output.type \
+                and rw.n_uses(y) == 1:
+            return rw.add("gelu", [x], {"approximate": "none"})
     c, rest = _split_consts(_factors(op.output, []))
     if len(rest) != 2 or not _close_value(c, 0.5, op.output):
         return None
