@@ -211,7 +211,7 @@ def relu(x: Any) -> Any:
 
 
 def erf(x: Any) -> Any:
-    """The error function (2 ulp in float32, 1e-14 relative in float64).
+    """The error function (within 1 ulp in float32, 1e-14 relative in float64).
 
     >>> round(float(erf(np.array(1.0))), 12)
     0.84270079295
