@@ -217,7 +217,7 @@ def test_erf_tables_reproduce_from_mpmath():
 # --- normal_cdf --------------------------------------------------------------------------------
 
 def test_normal_cdf_table_reproduces_from_mpmath():
-    """_PHI32 is the Chebyshev interpolant of erfcx(a)/(4s), s = 1/(a + 2), a in [0, 14.5/sqrt 2], in
+    """_PHI32 is the Chebyshev interpolant of erfcx(a)/(2s), s = 1/(a + 2), a in [0, 14.5/sqrt 2], in
     powers of s."""
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 40
