@@ -207,19 +207,25 @@ def _erf32(v: np.ndarray) -> np.ndarray:
     np.exp(tail, out=tail)
     tail *= _horner(_ERFC32_MID, s)
     np.subtract(1.0, tail, out=tail)
-    # small where |v| < 1, else the tail with v's sign, selected on the bits (in place, no
-    # temporaries): pick is all ones where the bits of |v| are below those of 1.0 (nan's are
-    # above), from the sign of their difference; then small = tail ^ ((small ^ tail) & pick)
+    # small where |v| < 1, else the tail with v's sign: pick is all ones where the bits of |v|
+    # are below those of 1.0 (nan's are above), from the sign of their difference
     pick = a.view(np.int32)
     pick -= _ONE32_BITS
     pick >>= 31
     tail_bits = tail.view(np.int32)
     tail_bits |= v.view(np.int32) & _SIGN32
-    bits = small.view(np.int32)
-    bits ^= tail_bits
-    bits &= pick
-    bits ^= tail_bits
-    return small
+    return _select32(small, tail, pick)
+
+
+def _select32(a: np.ndarray, b: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """float32 `a` where the int32 `pick` is all ones, `b` where it is 0, written into `a` on the
+    bits as b ^ ((a ^ b) & pick): no branch, no temporary (np.where costs ~4 ns an element on
+    mixed data)."""
+    a_bits, b_bits = a.view(np.int32), b.view(np.int32)
+    a_bits ^= b_bits
+    a_bits &= pick
+    a_bits ^= b_bits
+    return a
 
 
 def erfc(x: np.ndarray) -> np.ndarray:
@@ -440,14 +446,8 @@ def _normal_cdf32(v: np.ndarray) -> np.ndarray:
     e *= -0.5
     np.exp(e, out=e)
     h *= e
-    # h where v's sign bit is set, else 1 - h, on the bits: h = q ^ ((h ^ q) & sign)
-    q = np.subtract(1.0, h)
-    sign = v.view(np.int32) >> 31
-    h_bits, q_bits = h.view(np.int32), q.view(np.int32)
-    h_bits ^= q_bits
-    h_bits &= sign
-    h_bits ^= q_bits
-    return h
+    # h where v's sign bit is set, else 1 - h
+    return _select32(h, np.subtract(1.0, h), v.view(np.int32) >> 31)
 
 
 def _normal_cdf64(v: np.ndarray) -> np.ndarray:
