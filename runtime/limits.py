@@ -267,10 +267,7 @@ def guard_kernel(kernel: Callable, kind: str, label: str, itemsize: int, n_out: 
             key = tuple(getattr(x, "shape", None) for x in ins)
             n = sizes.get(key)
             if n is None:
-                try:
-                    n = rule(ins, attrs)
-                except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-                    n = 0  # malformed attributes: the kernel reports them
+                n = _rule_size(rule, ins, attrs)
                 if len(sizes) < 16:
                     sizes[key] = n
             if n * itemsize > lim:
@@ -290,6 +287,15 @@ def _rule(kind: str) -> tuple[Callable | None, bool]:
     return rule, rule is _broadcast_upper or kind in ("matmul", "gemm", "einsum", "gather")
 
 
+def _rule_size(rule: Callable, ins: tuple, attrs: dict) -> int:
+    """The elements `rule` bounds the output (or workspace) to; 0 for malformed attributes, which
+    the kernel reports with its own message."""
+    try:
+        return rule(ins, attrs)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        return 0
+
+
 def guard_threshold(kind: str, ins: tuple, attrs: dict, itemsize: int) -> int:
     """The least `max_tensor_bytes` under which `guard_kernel` lets a call of `kind` on inputs
     shaped like `ins` run (its check of the outputs aside): callers that run such a call without
@@ -305,12 +311,7 @@ def guard_threshold(kind: str, ins: tuple, attrs: dict, itemsize: int) -> int:
     for x in ins:
         bound *= getattr(x, "size", 1)
     first = bound if product_bounded and bound > 0 else None
-    n = 0
-    if rule is not None:
-        try:
-            n = rule(ins, attrs)
-        except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-            n = 0
+    n = 0 if rule is None else _rule_size(rule, ins, attrs)
     return min(n * itemsize, first) if first is not None else n * itemsize
 
 
