@@ -164,7 +164,7 @@ def bind_conv(ins: Sequence[np.ndarray], out: np.ndarray, *, strides, pads, dila
             cols = _scratch_view(scratch, "cols", plan.cols_shape, dt)
             win = np.ndarray(plan.win_shape, dt, xp, 0, plan.win_strides)
             calls.append(partial(np.copyto, cols.reshape(plan.win_shape), win))
-        bias = b[0].reshape(C._bias_shape(m, plan.nd)) if b else None
+        bias = C._channel_bias(b[0], dt, m, plan.nd) if b else None
         if plan.mode == "rows":  # the GEMM into scratch, read back through a strided view
             rows = _scratch_view(scratch, "rows", plan.rows_shape, dt)
             calls.append(partial(np.matmul, wm, cols, out=rows))

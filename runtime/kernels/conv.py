@@ -128,6 +128,11 @@ def _bias_shape(n: int, nd: int) -> tuple:
     return (n,) + (1,) * nd
 
 
+def _channel_bias(b, dtype: np.dtype, m: int, nd: int) -> np.ndarray:
+    """A conv's per-channel bias `b` (M,) in `dtype`, shaped to broadcast over (N, M, *spatial)."""
+    return np.asarray(b).astype(dtype, copy=False).reshape(_bias_shape(m, nd))
+
+
 # --- convolution -------------------------------------------------------------------------------
 
 class _ConvPlan:
@@ -255,14 +260,13 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *, strides=N
         y = _winograd_3x3(xp, w, plan.out, np.empty(plan.y_shape, xp.dtype))
     elif plan.mode == "rows":  # (a view of a workspace: the bias add or a copy makes it the caller's)
         y = _gemm_conv(plan, xp, w, None)
-        y = y.copy() if b is None else y + np.asarray(b).astype(w.dtype, copy=False).reshape(
-            _bias_shape(plan.m, plan.nd))
+        y = y.copy() if b is None else y + _channel_bias(b, w.dtype, plan.m, plan.nd)
         return y.astype(dt, copy=False)
     else:
         y = _gemm_conv(plan, xp, w, None)
     y = y.reshape(plan.y_shape)
     if b is not None:
-        y += np.asarray(b).astype(w.dtype, copy=False).reshape(_bias_shape(plan.m, plan.nd))
+        y += _channel_bias(b, w.dtype, plan.m, plan.nd)
     return y.astype(dt, copy=False)
 
 
@@ -289,12 +293,12 @@ def conv_into(dst: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray | Non
         if b is None:
             np.copyto(dst, rows)
         else:
-            np.add(rows, np.asarray(b).astype(dt, copy=False).reshape(_bias_shape(plan.m, plan.nd)), out=dst)
+            np.add(rows, _channel_bias(b, dt, plan.m, plan.nd), out=dst)
         return dst
     else:
         _gemm_conv(plan, xp, wk, dst)
     if b is not None:
-        dst += np.asarray(b).astype(dt, copy=False).reshape(_bias_shape(plan.m, plan.nd))
+        dst += _channel_bias(b, dt, plan.m, plan.nd)
     return dst
 
 
@@ -463,7 +467,7 @@ def conv_transpose(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
         y = np.ascontiguousarray(y[(slice(None),) * 2 + tuple(slice(pb, f - pe)
                                                              for f, pb, pe in zip(full, pads, pads[nd:]))])
     if b is not None:
-        y += np.asarray(b).astype(work, copy=False).reshape(_bias_shape(m, nd))
+        y += _channel_bias(b, work, m, nd)
     return y.astype(dt, copy=False)
 
 
