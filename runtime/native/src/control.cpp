@@ -44,11 +44,7 @@ std::string type_str(const Tensor& t) { return std::string(dtype_name(t.dtype)) 
 }  // namespace
 
 void Program::allocate_dynamic(Tensor& t, const std::string& label, std::vector<void*>& dynamic) {
-  uint64_t limit = current_limits().max_tensor_bytes;
-  if (t.nbytes() > limit)
-    fail(kInputError, label + ": the output would take " + std::to_string(t.nbytes()) +
-                          " bytes, more than max_tensor_bytes = " + std::to_string(limit) + " (" +
-                          how_to_raise("max_tensor_bytes") + ")");
+  if (t.nbytes() > current_limits().max_tensor_bytes) fail_too_big(label, "the output would take", t.nbytes());
   dynamic.push_back(nullptr);
   dynamic.back() = t.data = aligned_buffer(t.nbytes());
 }

@@ -282,12 +282,8 @@ void pool_kernel(KernelCall& c) {
                                   static_cast<__int128>(a.out - 1) * a.s + static_cast<__int128>(a.k - 1) * a.d + 1);
       };
       const __int128 bytes = extent(h) * extent(w) * static_cast<__int128>(sizeof(T));
-      const uint64_t lim = current_limits().max_tensor_bytes;
-      if (bytes > static_cast<__int128>(lim))
-        fail(kInputError, "max_pool: the padded input plane would take " +
-                              (bytes >> 64 ? std::string("over 2**64") : std::to_string(static_cast<uint64_t>(bytes))) +
-                              " bytes, more than max_tensor_bytes = " + std::to_string(lim) + " (" +
-                              how_to_raise("max_tensor_bytes") + ")");
+      if (bytes > static_cast<__int128>(current_limits().max_tensor_bytes))
+        fail_too_big("max_pool", "the padded input plane would take", static_cast<unsigned __int128>(bytes));
       const int64_t hp = static_cast<int64_t>(extent(h)), wp = static_cast<int64_t>(extent(w));
       std::unique_ptr<T[]> buf(new T[static_cast<size_t>(hp * wp)]);
       T* padded = buf.get();

@@ -94,6 +94,13 @@ std::string how_to_raise(const std::string& name) {
   return "raise it with runtime.limits.set_limits(" + name + "=...) or CASTML_" + upper;
 }
 
+void fail_too_big(const std::string& label, const std::string& what, unsigned __int128 bytes) {
+  const std::string shown = bytes >> 64 ? "over 2**64" : std::to_string(static_cast<uint64_t>(bytes));
+  fail(kInputError, label + ": " + what + " " + shown + " bytes, more than max_tensor_bytes = " +
+                        std::to_string(current_limits().max_tensor_bytes) + " (" + how_to_raise("max_tensor_bytes") +
+                        ")");
+}
+
 // ---- the file ------------------------------------------------------------------------------
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {

@@ -107,6 +107,9 @@ uint64_t limits_generation();
 // The hint every limit error ends with, as runtime.limits.how_to_raise:
 // "raise it with runtime.limits.set_limits(max_rank=...) or CASTML_MAX_RANK".
 std::string how_to_raise(const std::string& name);
+// Throws castml::Error (kInputError) "<label>: <what> <bytes> bytes, more than max_tensor_bytes =
+// <limit> (<hint>)", as runtime.limits._too_big; 2**64 bytes and more print as "over 2**64".
+[[noreturn]] void fail_too_big(const std::string& label, const std::string& what, unsigned __int128 bytes);
 
 // Verifies and decodes a buffer under the limits in force; throws castml::Error (kFormatError)
 // naming the field.
