@@ -1,6 +1,9 @@
-"""Shared test helpers: the one numerical agreement rule of DESIGN.md."""
+"""Shared test helpers: the one numerical agreement rule of DESIGN.md, and threads."""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -74,3 +77,22 @@ def build_native() -> str:
         pytest.fail(f"cannot build the native runtime (CI has cmake and g++): {e}")
     assert native_backend.available(), f"built {path} but it does not load"
     return path
+
+
+def run_in_threads(work: Callable[[int], None], n: int) -> list[BaseException]:
+    """Run `work(k)` for k in range(n), each in a thread of its own, all at once; returns what
+    they raised (a thread's exception, assertions included, would otherwise vanish)."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as e:  # handed to the caller, who asserts there are none
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -4,8 +4,6 @@ reuse, and one session shared by threads. Deterministic properties only (no timi
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -16,7 +14,7 @@ from exporters.castml_format import to_bytes
 from models import zoo
 from runtime.executor import Program, ProgramSpec, StepSpec, TypeSpec
 from runtime.memory import BufferPlanner, plan_memory, use_memory_plan
-from tests.helpers import assert_agree
+from tests.helpers import assert_agree, run_in_threads
 from tracer import TensorSpec
 
 
@@ -66,24 +64,15 @@ def test_zoo_threads_get_their_own_buffers(zoo_case):
     xs = [np.random.default_rng(i).standard_normal(x.shape).astype(x.dtype) for i in range(4)]
     want = [sess.run(a) for a in xs]
     got: list = [None] * len(xs)
-    errors: list = []
 
     def work(k: int) -> None:
-        try:
-            for _ in range(3):
-                y = sess.run(xs[k])
-                if not np.array_equal(y, want[k]):
-                    errors.append(k)
-            got[k] = y
-        except Exception as e:  # reported below
-            errors.append(e)
+        for _ in range(3):
+            y = sess.run(xs[k])
+            assert np.array_equal(y, want[k]), k
+        got[k] = y
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    errors = run_in_threads(work, len(xs))
+    assert not errors, errors[0]
     for a, b in zip(got, want):
         assert np.array_equal(a, b)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import re
 import subprocess
-import threading
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ import runtime
 import tracer
 from exporters.castml_format import to_bytes
 from runtime import native_backend as nb
-from tests.helpers import assert_agree, build_native
+from tests.helpers import assert_agree, build_native, run_in_threads
 from tests.test_castml_format import _hand_model
 from tracer import ops as T
 from tracer.core import context_of, emit
@@ -346,21 +345,13 @@ def test_sessions_are_thread_safe(zoo_files):
     native, ref = runtime.load(path, backend="native"), runtime.load(path, backend="numpy")
     inputs = [_f((b, 1, 28, 28), seed=b) for b in (1, 2, 3, 5)]
     expected = [ref.run(x, params) for x in inputs]
-    errors: list = []
 
     def worker(k: int) -> None:
-        try:
-            for i in range(12):
-                j = (k + i) % len(inputs)
-                assert_agree(native.run(inputs[j], params), expected[j])
-        except Exception as e:  # reported by the main thread
-            errors.append(e)
+        for i in range(12):
+            j = (k + i) % len(inputs)
+            assert_agree(native.run(inputs[j], params), expected[j])
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 4)
     assert not errors, errors[0]
 
 

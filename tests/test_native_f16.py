@@ -15,7 +15,7 @@ import runtime
 import tracer
 from exporters.castml_format import to_bytes
 from runtime import native_backend as nb
-from tests.helpers import assert_agree, build_native
+from tests.helpers import assert_agree, build_native, run_in_threads
 from tests.test_castml_format import _hand_model
 from tests.test_native import ACTIVATIONS, BINARY, CONVS, MATMULS, POOLS, REDUCTIONS, _both, _check, _f, _rng
 from tracer import ops as T
@@ -269,23 +269,12 @@ def test_constant_weights_are_converted_once_and_shared():
         x = _h((4, 16), seed)
         assert_agree(native.run(x), ref.run(x))
 
-    import threading
-
-    errors = []
-
     def worker(seed):
         x = _h((4, 16), seed)
-        try:
-            for _ in range(20):
-                assert_agree(native.run(x), ref.run(x))
-        except AssertionError as e:
-            errors.append(e)
+        for _ in range(20):
+            assert_agree(native.run(x), ref.run(x))
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 4)
     assert not errors, errors[0]
 
 

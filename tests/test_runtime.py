@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import ir
 import runtime
 import tracer
 from exporters.castml_format import save_castml, to_bytes
-from tests.helpers import assert_agree
+from tests.helpers import assert_agree, run_in_threads
 from tracer import TensorSpec
 from tracer import ops as nn
 
@@ -132,20 +131,14 @@ def test_threads_get_identical_results_and_outputs_are_owned(tmp_path):
     sess = runtime.load(p)
     xs = [inputs(b) for b in (1, 2, 3, 5)]
     refs = [sess.run(*x) for x in xs]
-    errors: list = []
 
     def work(k: int) -> None:
         for i in range(20):
             j = (k + i) % len(xs)
-            if not np.array_equal(sess.run(*xs[j]), refs[j]):
-                errors.append((k, i))
+            assert np.array_equal(sess.run(*xs[j]), refs[j]), (k, i)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    errors = run_in_threads(work, 6)
+    assert not errors, errors[0]
     # a constant output is copied out of the mmap: writable, and writing it changes nothing
     const = runtime.load(to_bytes(tracer.trace(lambda x: (x, W1), TensorSpec((2,)))))
     _, w = const.run(np.zeros(2, F32))

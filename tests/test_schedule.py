@@ -4,7 +4,6 @@ bits of the usual path, results never alias the schedule's arrays, and the limit
 from __future__ import annotations
 
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import tracer
 from exporters.castml_format import to_bytes
 from runtime.executor import BOUND
 from runtime.limits import limits
-from tests.helpers import assert_agree
+from tests.helpers import assert_agree, run_in_threads
 from tests.test_runtime import CASES
 from tracer import TensorSpec
 from tracer import ops as nn
@@ -131,25 +130,19 @@ def test_threads_share_a_session_with_bound_arenas():
     sess, usual = _sessions(ir.optimize(tracer.trace(fn, *specs(1))))
     xs = [inputs(b) for b in (1, 2, 3, 1, 2, 3)]
     refs = [usual.run(*x) for x in xs]
-    errors: list = []
 
     def work(k: int) -> None:
         for i in range(300):
             j = (k + i) % len(xs)
-            if not np.array_equal(sess.run(*xs[j]), refs[j]):
-                errors.append((k, i))
+            assert np.array_equal(sess.run(*xs[j]), refs[j]), (k, i)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads between any two bound calls
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_in_threads(work, 6)
     finally:
         sys.setswitchinterval(interval)
-    assert errors == []
+    assert not errors, errors[0]
     assert len(_schedules(sess)) >= 3  # an arena per batch size at least, each bound once
 
 
