@@ -36,7 +36,20 @@ def _gelu(b: Builder, x: Value, y: Value, op: Op) -> Value:
         t = b.op("tanh", b.mul(b.mul(x, c), b.add(b.mul(x2, 0.044715), 1.0)))
         dt = b.mul(b.sub(1.0, _sq(b, t)), b.mul(b.add(b.mul(x2, 3 * 0.044715), 1.0), c))
         return b.mul(b.add(b.add(t, 1.0), b.mul(x, dt)), 0.5)
-    return b.add(b.op("normal_cdf", x), b.mul(x, normal_pdf(b, x)))
+    return exact_gelu_derivative(b, x, b.op("normal_cdf", x))
+
+
+def exact_gelu_derivative(b: Builder, x: Value, phi: Value) -> Value:
+    """Append gelu'(x) = Phi(x) + x * pdf(x) for exact GELU, given `phi` = Phi(x), and return it.
+
+    >>> import numpy as np, ir
+    >>> from ir.graph import Graph
+    >>> g = Graph.from_inputs([("x", ir.TensorType(np.float64, (1,)))])
+    >>> b = Builder(g); phi = b.op("normal_cdf", g.inputs[0])
+    >>> str(exact_gelu_derivative(b, g.inputs[0], phi).type)
+    'f64[1]'
+    """
+    return b.add(phi, b.mul(x, normal_pdf(b, x)))
 
 
 def normal_pdf(b: Builder, x: Value) -> Value:

@@ -33,7 +33,7 @@ import numpy as np
 from ..graph import Graph, Op, Value
 from ..passes.rewrite import Rewriter, rewrite_graph
 from .rules_common import Builder, Rule
-from .rules_elementwise import normal_pdf
+from .rules_elementwise import exact_gelu_derivative
 
 _SHARED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -41,7 +41,7 @@ _SHARED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def _closed_form_gelu(x: Value, phi: Value) -> Rule:
     """The rule of `y = x * Phi(x)`: ct * gelu'(x) for x, nothing for the shared Phi."""
     def rule(b: Builder, op: Op, cts: list) -> list:
-        return [b.mul(cts[0], b.add(phi, b.mul(x, normal_pdf(b, x)))), None]
+        return [b.mul(cts[0], exact_gelu_derivative(b, x, phi)), None]
     return rule
 
 
