@@ -106,11 +106,11 @@ def gather(cx, op, ins, outs):
     cx.node("Gather", [ins[0], _index(cx, ins[1])], outs[0], axis=op.attrs["axis"])
 
 
-def index_update(cx, op, ins, outs):
+def index_update(cx, op, ins, outs, **reduction: str):
     x, idx, update = ins
     numbers, shp = _element_numbers(cx, x)
     picked = cx.node("Gather", [numbers, _index(cx, idx)], axis=op.attrs["axis"])
-    _scatter_flat(cx, x, shp, picked, update, outs[0])
+    _scatter_flat(cx, x, shp, picked, update, outs[0], **reduction)
 
 
 def index_add(cx, op, ins, outs):
@@ -118,10 +118,7 @@ def index_add(cx, op, ins, outs):
         at = f" (at {op.loc})" if op.loc else ""
         raise ExportError(f"index_add{at} (an accumulating scatter, e.g. the gradient of an indexing read) needs "
                           f"ScatterElements with reduction='add', from opset 16; got opset {cx.opset}")
-    x, idx, update = ins
-    numbers, shp = _element_numbers(cx, x)
-    picked = cx.node("Gather", [numbers, _index(cx, idx)], axis=op.attrs["axis"])
-    _scatter_flat(cx, x, shp, picked, update, outs[0], reduction="add")
+    index_update(cx, op, ins, outs, reduction="add")
 
 
 def boolean_mask(cx, op, ins, outs):
