@@ -199,6 +199,10 @@ CONVS = {  # (x shape, w shape, kwargs of tracer.ops.conv)
     "grouped": ((1, 4, 6, 6), (6, 2, 3, 3), {"groups": 2, "padding": 1}),
     "depthwise": ((1, 4, 6, 6), (4, 1, 3, 3), {"groups": 4}),
     "1d": ((2, 3, 12), (5, 3, 4), {"stride": 2, "padding": 1}),
+    # rows of the padded copy wider than 512 floats (its column masks come 512 at a time)
+    "wide": ((1, 2, 3, 1030), (2, 2, 3, 3), {"padding": 1}),
+    "wide_stride2": ((1, 2, 3, 1100), (2, 2, 3, 3), {"stride": 2, "padding": 2}),
+    "wide_stride3": ((1, 2, 4, 1700), (2, 2, 3, 2), {"stride": 3, "padding": 1}),
 }
 
 

@@ -404,9 +404,68 @@ CASTML_AVX512 void pack_b_gather_avx512(const float* src, const int64_t* row_off
   }
 }
 
+// gather_rows_padded (see gemm.h), 16 output columns at a time, with the masks of up to 32 such
+// blocks computed once for all rows: lanes outside [lo, hi) are masked off the loads (so never
+// read) and come out 0. Step 2 loads 32 consecutive floats (odd lanes masked off too) and keeps
+// the even ones; other steps gather.
+CASTML_AVX512 void gather_rows_padded_avx512(float* dst, const int64_t* dst_off, const float* src,
+                                             const int64_t* src_off, int64_t count, int64_t n, int64_t step,
+                                             int64_t lo, int64_t hi) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(static_cast<int>(step)));
+  auto spread_even = [](unsigned m) {  // bit t of an 8-bit mask to bit 2t
+    m = (m | (m << 4)) & 0x0F0Fu;
+    m = (m | (m << 2)) & 0x3333u;
+    return __mmask16((m | (m << 1)) & 0x5555u);
+  };
+  constexpr int kBlocks = 32;
+  for (int64_t cb = 0; cb < n; cb += 16 * kBlocks) {
+    const int blocks = static_cast<int>(std::min<int64_t>(kBlocks, (n - cb + 15) / 16));
+    __mmask16 in[kBlocks], out[kBlocks], in0[kBlocks], in1[kBlocks];
+    for (int k = 0; k < blocks; ++k) {
+      const int64_t c0 = cb + 16 * k;
+      const int64_t a = std::clamp<int64_t>(lo - c0, 0, 16), b = std::clamp<int64_t>(hi - c0, 0, 16);
+      in[k] = b > a ? __mmask16(tail_mask(b) & ~tail_mask(a)) : __mmask16(0);
+      out[k] = tail_mask(n - c0);
+      in0[k] = spread_even(in[k] & 0xFFu);
+      in1[k] = spread_even(unsigned(in[k]) >> 8);
+    }
+    for (int64_t t = 0; t < count; ++t) {
+      float* d = dst + dst_off[t] + cb;
+      const float* s = src + src_off[t] + cb * step;
+      if (step == 1) {
+        for (int k = 0; k < blocks; ++k)
+          _mm512_mask_storeu_ps(d + 16 * k, out[k], _mm512_maskz_loadu_ps(in[k], s + 16 * k));
+      } else if (step == 2) {
+        for (int k = 0; k < blocks; ++k) {
+          const __m512 x0 = _mm512_maskz_loadu_ps(in0[k], s + 32 * k), x1 = _mm512_maskz_loadu_ps(in1[k], s + 32 * k + 16);
+          _mm512_mask_storeu_ps(d + 16 * k, out[k], _mm512_permutex2var_ps(x0, even, x1));
+        }
+      } else {
+        for (int k = 0; k < blocks; ++k)
+          _mm512_mask_storeu_ps(d + 16 * k, out[k],
+                                _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in[k], lanes, s + 16 * k * step, 4));
+      }
+    }
+  }
+}
+
 #endif  // CASTML_AVX512_GEMM
 
 }  // namespace
+
+void gather_rows_padded(float* dst, const int64_t* dst_off, const float* src, const int64_t* src_off, int64_t count,
+                        int64_t n, int64_t step, int64_t lo, int64_t hi) {
+#ifdef CASTML_AVX512_GEMM
+  if (use_avx512()) {
+    gather_rows_padded_avx512(dst, dst_off, src, src_off, count, n, step, lo, hi);
+    return;
+  }
+#endif
+  for (int64_t t = 0; t < count; ++t)
+    for (int64_t c = 0; c < n; ++c) dst[dst_off[t] + c] = c >= lo && c < hi ? src[src_off[t] + c * step] : 0.0f;
+}
 
 void pack_b_gather(const float* src, const int64_t* row_off, int64_t k, const int64_t* col_off, int64_t n,
                    float* packed) {

@@ -56,6 +56,11 @@ void pack_a_full(const float* a, int64_t lda, int64_t m, int64_t k, float* out);
 // zeroed; consecutive col_off values are copied as vector runs.
 void pack_b_gather(const float* src, const int64_t* row_off, int64_t k, const int64_t* col_off, int64_t n,
                    float* packed);
+// Rows of a conv's zero-padded, stride-split input copy: for t in [0, count), row dst + dst_off[t]
+// gets dst[c] = src[src_off[t] + c * step] for c in [lo, hi) and 0 for the other c in [0, n).
+// The source is read only for c in [lo, hi).
+void gather_rows_padded(float* dst, const int64_t* dst_off, const float* src, const int64_t* src_off, int64_t count,
+                        int64_t n, int64_t step, int64_t lo, int64_t hi);
 // sgemm where A and/or B may come packed (packed_a / packed_b non-null; a/lda, b/ldb unused then).
 void sgemm_packed(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* packed_a, const float* b,
                   int64_t ldb, const float* packed_b, float beta, float* c, int64_t ldc, const GemmEpilogue& epi);

@@ -307,13 +307,26 @@ void gather_pack_conv(const float* x, const ConvGeom& g, int64_t nb, float* pack
   const float* src = x;
   int64_t image_stride = g.c * g.h * g.w;
   if (copy) {
-    // only the rows and phases some tap reads are written (a 1x1 stride-2 conv reads a quarter)
+    // only the rows and phases some tap reads are written (a 1x1 stride-2 conv reads a quarter):
+    // the rows inside the input (their offsets in a phase and in a channel of x) and the rest (zero)
     thread_local std::vector<uint8_t> row_used, phase_used;
+    thread_local std::vector<int64_t> dst_rows, src_rows, zero_rows;
     row_used.assign(static_cast<size_t>(hp), 0);
     phase_used.assign(static_cast<size_t>(sw), 0);
     for (int64_t oi = 0; oi < g.oh; ++oi)
       for (int64_t ki = 0; ki < g.kh; ++ki) row_used[oi * g.sh + ki * g.dh] = 1;
     for (int64_t kj = 0; kj < g.kw; ++kj) phase_used[(kj * g.dw) % sw] = 1;
+    dst_rows.clear(), src_rows.clear(), zero_rows.clear();
+    for (int64_t r = 0; r < hp; ++r) {
+      if (!row_used[r]) continue;
+      const int64_t i = r - g.ph0;
+      if (i < 0 || i >= g.h) {
+        zero_rows.push_back(r * wq);
+      } else {
+        dst_rows.push_back(r * wq);
+        src_rows.push_back(i * g.w);
+      }
+    }
     float* buf = thread_scratch<float>(2, static_cast<size_t>(nb * g.cg * plane));
     for (int64_t bi = 0; bi < nb; ++bi)
       for (int64_t ci = 0; ci < g.cg; ++ci) {
@@ -324,23 +337,10 @@ void gather_pack_conv(const float* x, const ConvGeom& g, int64_t nb, float* pack
           // phase column c holds padded column c*sw + q, input column c*sw + q - pw0: inside for c in [lo, hi)
           const int64_t lo = std::min(wq, std::max<int64_t>(0, (g.pw0 - q + sw - 1) / sw));
           const int64_t hi = std::max(lo, std::min(wq, (g.w + g.pw0 - q + sw - 1) / sw));
-          for (int64_t r = 0; r < hp; ++r) {
-            if (!row_used[r]) continue;
-            float* __restrict dst = outp + (q * hp + r) * wq;
-            const int64_t i = r - g.ph0;
-            if (i < 0 || i >= g.h) {
-              std::fill(dst, dst + wq, 0.0f);
-              continue;
-            }
-            const float* __restrict srow = in + i * g.w + q - g.pw0;
-            std::fill(dst, dst + lo, 0.0f);
-            if (sw == 1) {
-              std::memcpy(dst + lo, srow + lo, (hi - lo) * sizeof(float));
-            } else {
-              for (int64_t c = lo; c < hi; ++c) dst[c] = srow[c * sw];
-            }
-            std::fill(dst + hi, dst + wq, 0.0f);
-          }
+          float* phase = outp + q * hp * wq;
+          for (int64_t r : zero_rows) std::fill(phase + r, phase + r + wq, 0.0f);
+          gather_rows_padded(phase, dst_rows.data(), in + q - g.pw0, src_rows.data(),
+                             static_cast<int64_t>(dst_rows.size()), wq, sw, lo, hi);
         }
       }
     src = buf;
