@@ -668,12 +668,20 @@ RESIDUAL_CASES = {  # what the fusion must match, and the shapes around it that 
 }
 
 
+@pytest.mark.parametrize("m, width", [(8, 37), (136, 9)])
+def test_conv_constant_weights_over_several_k_blocks(m, width):
+    """kdim = 40 * 9 = 360 spans two KC blocks of the packed GEMM: with few output channels the
+    im2col is read in place (strips of one run) or packed per strip; with many, packed whole."""
+    w, b = _f((m, 40, 3, 3), seed=3), _f((m,), seed=4)
+    _check(lambda x: T.conv2d(x, w, b, padding=1), _f((2, 40, 5, width), seed=2))
+
+
 @pytest.mark.parametrize("optimize", [False, True])
 @pytest.mark.parametrize("name", sorted(RESIDUAL_CASES))
 def test_conv_add_relu_chains_match_numpy(name, optimize):
     import ir
 
-    for shape in ((1, 4, 9, 9), (3, 4, 5, 5)):
+    for shape in ((1, 4, 9, 9), (3, 4, 5, 5), (2, 4, 3, 40)):
         g = tracer.trace(RESIDUAL_CASES[name], tracer.TensorSpec(("b", 4, shape[2], shape[3])))
         native, ref = _both(ir.optimize(g, elementwise=False) if optimize else g)
         x = _f(shape, seed=1)
@@ -684,7 +692,9 @@ def test_conv_add_relu_chains_match_numpy(name, optimize):
 
 def test_random_conv_and_max_pool_configurations_match_numpy():
     """Seeded random strides, pads, dilations, groups, kernel sizes, 1-D and 2-D, with activations:
-    the packed im2col (stride-split padded copy) and the padded max-pool paths against NumPy."""
+    the packed im2col (stride-split padded copy) and the padded max-pool paths against NumPy. Every
+    other conv has constant weights, which the GEMM keeps packed and pairs with the im2col read
+    in place (gemm.h sgemm_gather); widths up to 70 give it strips of one contiguous run."""
     rng = np.random.default_rng(0)
     checked = 0
     while checked < 40:
@@ -696,7 +706,7 @@ def test_random_conv_and_max_pool_configurations_match_numpy():
         st = [int(rng.integers(1, 4)) for _ in range(nd)]
         dl = [int(rng.integers(1, 3)) for _ in range(nd)]
         pads = [int(rng.integers(0, 3)) for _ in range(2 * nd)]
-        sp = [int(rng.integers(1, 30)) for _ in range(nd)]
+        sp = [int(rng.integers(1, 30 if rng.random() < 0.7 else 70)) for _ in range(nd)]
         if any(sp[i] + pads[i] + pads[nd + i] < (ks[i] - 1) * dl[i] + 1 for i in range(nd)):
             continue  # no output position: not a valid conv
         x = _f((int(rng.choice([1, 2, 5])), cg * group, *sp), seed=checked)
@@ -705,7 +715,10 @@ def test_random_conv_and_max_pool_configurations_match_numpy():
         w, b = _f((m, cg, *ks), seed=checked + 1), _f((m,), seed=checked + 2)
         attrs = {"strides": tuple(st), "pads": tuple(pads), "dilations": tuple(dl), "group": group,
                  "activation": str(rng.choice(["none", "relu", "gelu"]))}
-        _check(lambda x, w, b: _apply("fused_conv", [x, w, b], attrs), x, w, b)
+        if checked % 2:
+            _check(lambda x: _apply("fused_conv", [x, w, b], attrs), x)
+        else:
+            _check(lambda x, w, b: _apply("fused_conv", [x, w, b], attrs), x, w, b)
         if nd == 2:  # a pool window inside the padded input, pads smaller than the window
             k2 = [min(k, s) for k, s in zip(ks, sp)]
             pool = {"kernel_shape": tuple(k2), "strides": tuple(st), "dilations": (1, 1),

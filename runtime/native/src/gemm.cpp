@@ -207,18 +207,28 @@ CASTML_AVX512 void pack_b(const float* b, int64_t ldb, int64_t kc, int64_t nc, f
   }
 }
 
+// Row p of a B strip, 16 columns (v) at a time: from a packed strip, or from the source rows of
+// an im2col whose 32 columns are one contiguous run.
+struct PackedStrip {
+  const float* __restrict b;
+  CASTML_AVX512 __m512 operator()(int64_t p, int v) const { return _mm512_loadu_ps(b + p * kNR + 16 * v); }
+};
+struct SourceRows {
+  const float* base;
+  const int64_t* off;
+  CASTML_AVX512 __m512 operator()(int64_t p, int v) const { return _mm512_loadu_ps(base + off[p] + 16 * v); }
+};
 // One MR x (16*NV) tile: C[0:mr, 0:nr] (+)= Apanel · Bstrip, then the epilogue when `epi`.
-template <int NV>
-CASTML_AVX512 void micro_tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc,
-                              int64_t mr, int64_t nr, bool load_c, const GemmEpilogue* epi, int64_t row0,
-                              int64_t col0) {
+template <int NV, class Strip = PackedStrip>
+CASTML_AVX512 void micro_tile(int64_t kc, const float* __restrict a, Strip b, float* c, int64_t ldc, int64_t mr,
+                              int64_t nr, bool load_c, const GemmEpilogue* epi, int64_t row0, int64_t col0) {
   __m512 acc[kMR][NV];
   for (int i = 0; i < kMR; ++i)
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     __m512 bv[NV];
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_ps(b + p * kNR + 16 * v);
+    for (int v = 0; v < NV; ++v) bv[v] = b(p, v);
     for (int i = 0; i < kMR; ++i) {
       __m512 av = _mm512_set1_ps(a[p * kMR + i]);
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
@@ -344,9 +354,9 @@ void sgemm_avx512(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, 
             int64_t mr = std::min<int64_t>(kMR, mc - ir);
             float* ct = c + (ic + ir) * ldc + jc + jr;
             if (nr > 16)
-              micro_tile<2>(kc, ablock + ir * kc, bs, ct, ldc, mr, nr, load_c, last, ic + ir, jc + jr);
+              micro_tile<2>(kc, ablock + ir * kc, PackedStrip{bs}, ct, ldc, mr, nr, load_c, last, ic + ir, jc + jr);
             else
-              micro_tile<1>(kc, ablock + ir * kc, bs, ct, ldc, mr, nr, load_c, last, ic + ir, jc + jr);
+              micro_tile<1>(kc, ablock + ir * kc, PackedStrip{bs}, ct, ldc, mr, nr, load_c, last, ic + ir, jc + jr);
           }
         }
       }
@@ -404,6 +414,38 @@ CASTML_AVX512 void pack_b_gather_avx512(const float* src, const int64_t* row_off
   }
 }
 
+// sgemm_gather (see gemm.h). Per KC block of A and strip of 32 columns: the strip's source rows
+// when its 32 columns are one run of the source, else the strip packed into an L1-sized buffer.
+CASTML_AVX512 void sgemm_gather_avx512(int64_t m, int64_t n, int64_t k, const float* packed_a, const float* src,
+                                       const int64_t* row_off, const int64_t* col_off, float* c, int64_t ldc,
+                                       const GemmEpilogue& epi) {
+  thread_local PackBuffer sbuf;
+  float* strip = sbuf.get(static_cast<size_t>(kKC * kNR));
+  const int64_t mpad = (m + kMR - 1) / kMR * kMR;
+  for (int64_t pc = 0; pc < k; pc += kKC) {
+    const int64_t kc = std::min(kKC, k - pc);
+    const GemmEpilogue* last = pc + kc == k ? &epi : nullptr;
+    const float* ablock = packed_a + pc * mpad;
+    for (int64_t j0 = 0; j0 < n; j0 += kNR) {
+      const int64_t nr = std::min<int64_t>(kNR, n - j0);
+      bool run = nr == kNR;
+      for (int64_t t = 1; t < nr && run; ++t) run = col_off[j0 + t] == col_off[j0] + t;
+      const SourceRows rows{src + col_off[j0], row_off + pc};
+      if (!run) pack_b_gather_avx512(src, row_off + pc, kc, col_off + j0, nr, strip);
+      for (int64_t ir = 0; ir < m; ir += kMR) {
+        const int64_t mr = std::min<int64_t>(kMR, m - ir);
+        float* ct = c + ir * ldc + j0;
+        if (run)
+          micro_tile<2>(kc, ablock + ir * kc, rows, ct, ldc, mr, nr, pc > 0, last, ir, j0);
+        else if (nr > 16)
+          micro_tile<2>(kc, ablock + ir * kc, PackedStrip{strip}, ct, ldc, mr, nr, pc > 0, last, ir, j0);
+        else
+          micro_tile<1>(kc, ablock + ir * kc, PackedStrip{strip}, ct, ldc, mr, nr, pc > 0, last, ir, j0);
+      }
+    }
+  }
+}
+
 // gather_rows_padded (see gemm.h), 16 output columns at a time, with the masks of up to 32 such
 // blocks computed once for all rows: lanes outside [lo, hi) are masked off the loads (so never
 // read) and come out 0. Step 2 loads 32 consecutive floats (odd lanes masked off too) and keeps
@@ -454,6 +496,18 @@ CASTML_AVX512 void gather_rows_padded_avx512(float* dst, const int64_t* dst_off,
 #endif  // CASTML_AVX512_GEMM
 
 }  // namespace
+
+void sgemm_gather(int64_t m, int64_t n, int64_t k, const float* packed_a, const float* src, const int64_t* row_off,
+                  const int64_t* col_off, float* c, int64_t ldc, const GemmEpilogue& epi) {
+  if (m == 0 || n == 0) return;
+#ifdef CASTML_AVX512_GEMM
+  if (use_avx512() && k > 0) {
+    sgemm_gather_avx512(m, n, k, packed_a, src, row_off, col_off, c, ldc, epi);
+    return;
+  }
+#endif
+  fail(kKernelError, "sgemm_gather without the AVX-512 GEMM (sgemm_packed_available() is false) or with k = 0");
+}
 
 void gather_rows_padded(float* dst, const int64_t* dst_off, const float* src, const int64_t* src_off, int64_t count,
                         int64_t n, int64_t step, int64_t lo, int64_t hi) {

@@ -61,6 +61,12 @@ void pack_b_gather(const float* src, const int64_t* row_off, int64_t k, const in
 // The source is read only for c in [lo, hi).
 void gather_rows_padded(float* dst, const int64_t* dst_off, const float* src, const int64_t* src_off, int64_t count,
                         int64_t n, int64_t step, int64_t lo, int64_t hi);
+// C[0:m, 0:n] = A·B (+ the epilogue), A packed (m <= 128 keeps it in L2), B[p][j] =
+// src[row_off[p] + col_off[j]] never written out: the GEMM reads a strip of 32 columns straight
+// from the source rows when its 32 col_off values are consecutive, and packs the other strips.
+// Needs sgemm_packed_available() and k > 0.
+void sgemm_gather(int64_t m, int64_t n, int64_t k, const float* packed_a, const float* src, const int64_t* row_off,
+                  const int64_t* col_off, float* c, int64_t ldc, const GemmEpilogue& epi);
 // sgemm where A and/or B may come packed (packed_a / packed_b non-null; a/lda, b/ldb unused then).
 void sgemm_packed(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* packed_a, const float* b,
                   int64_t ldb, const float* packed_b, float beta, float* c, int64_t ldc, const GemmEpilogue& epi);

@@ -290,12 +290,19 @@ T* thread_scratch(int slot, size_t n) {
 }
 
 // The im2col matrix of `nb` images (one group: `x` points at its first channel of the first
-// image, images g.c*h*w apart) packed straight into the GEMM's layout (gemm.h pack_b_gather).
-// The images are first copied into a buffer, zero-bordered when the conv pads (every kernel tap
+// image, images g.c*h*w apart) as B[p][j] = src[row_off[p] + col_off[j]], which the GEMM reads
+// in place or packs (gemm.h sgemm_gather, pack_b_gather); the offsets live until the next call
+// on this thread. The images are first copied into a buffer, zero-bordered when the conv pads (every kernel tap
 // then reads inside it) and split into sw column phases when it strides (phase q holds columns
 // q, q+sw, ...: the taps of consecutive output columns are then consecutive floats), so that an
 // output row is one contiguous run of the buffer. Stride 1 without padding reads x itself.
-void gather_pack_conv(const float* x, const ConvGeom& g, int64_t nb, float* packed) {
+struct ConvSource {
+  const float* src;
+  const int64_t* row_off;  // kdim offsets
+  const int64_t* col_off;  // nb * spatial offsets
+};
+
+ConvSource conv_source(const float* x, const ConvGeom& g, int64_t nb) {
   const int64_t ph1 = (g.oh - 1) * g.sh + (g.kh - 1) * g.dh + 1 - g.h - g.ph0;  // rows read below the input
   const int64_t pw1 = (g.ow - 1) * g.sw + (g.kw - 1) * g.dw + 1 - g.w - g.pw0;
   const bool pad = g.ph0 > 0 || g.pw0 > 0 || ph1 > 0 || pw1 > 0;
@@ -365,7 +372,7 @@ void gather_pack_conv(const float* x, const ConvGeom& g, int64_t nb, float* pack
   for (int64_t bi = 0; bi < nb; ++bi)
     for (int64_t oi = 0; oi < g.oh; ++oi)
       for (int64_t oj = 0; oj < g.ow; ++oj) col_off[j++] = bi * image_stride + oi * g.sh * row_w + oj * col_step;
-  pack_b_gather(src, row_off.data(), kdim, col_off.data(), nb * spatial, packed);
+  return {src, row_off.data(), col_off.data()};
 }
 
 // Y[mg, cols] = W[mg, kdim] · B[kdim, cols] for group `gr`: float32 adds the bias (rows are output
@@ -426,10 +433,6 @@ void conv_t(KernelCall& c, const ConvGeom& g, bool relu) {
   const bool relu_in_gemm = fused && relu && (!res || res_in_gemm);
   bool packed = false;
   if constexpr (fused) packed = !direct && g.ph0 >= 0 && g.pw0 >= 0 && sgemm_packed_available();
-  T* col = direct ? nullptr
-                  : thread_scratch<T>(0, static_cast<size_t>(packed ? packed_b_size(kdim, spatial * chunk)
-                                                                     : kdim * spatial * chunk));
-  T* tmp = chunk > 1 ? thread_scratch<T>(1, static_cast<size_t>(mg * spatial * chunk)) : nullptr;
   // constant weights: every group's W packed once for the GEMM (its A operand)
   const float* wpacked = nullptr;
   int64_t wgroup = 0;
@@ -443,6 +446,12 @@ void conv_t(KernelCall& c, const ConvGeom& g, bool relu) {
                              });
     }
   }
+  // packed W with few rows (it stays in L2): the GEMM reads the im2col from its source, no matrix
+  const bool in_place = packed && wpacked && mg <= 128 && kdim > 0;
+  T* col = direct || in_place ? nullptr
+                              : thread_scratch<T>(0, static_cast<size_t>(packed ? packed_b_size(kdim, spatial * chunk)
+                                                                                 : kdim * spatial * chunk));
+  T* tmp = chunk > 1 ? thread_scratch<T>(1, static_cast<size_t>(mg * spatial * chunk)) : nullptr;
   for (int64_t gr = 0; gr < g.group; ++gr) {
     const T* wg = w + gr * mg * kdim;
     const T* bg = fused && bias ? bias + gr * mg : nullptr;
@@ -469,15 +478,21 @@ void conv_t(KernelCall& c, const ConvGeom& g, bool relu) {
       }
       if constexpr (fused) {
         if (packed) {
-          gather_pack_conv(x + b0 * g.c * g.h * g.w + gr * g.cg * g.h * g.w, g, nb, col);
+          const ConvSource cs = conv_source(x + b0 * g.c * g.h * g.w + gr * g.cg * g.h * g.w, g, nb);
           T* out = nb == 1 ? yb : tmp;
           GemmEpilogue epi;
           epi.row_bias = bg;
           epi.add = rb;  // null unless nb == 1
           epi.ldadd = spatial;
           epi.relu = relu_in_gemm;
-          sgemm_packed(mg, ld, kdim, wg, kdim, wpacked ? wpacked + gr * wgroup : nullptr, nullptr, 0, col, 0.0f, out,
-                       nb == 1 ? spatial : ld, epi);
+          if (in_place) {
+            sgemm_gather(mg, ld, kdim, wpacked + gr * wgroup, cs.src, cs.row_off, cs.col_off, out,
+                         nb == 1 ? spatial : ld, epi);
+          } else {
+            pack_b_gather(cs.src, cs.row_off, kdim, cs.col_off, ld, col);
+            sgemm_packed(mg, ld, kdim, wg, kdim, wpacked ? wpacked + gr * wgroup : nullptr, nullptr, 0, col, 0.0f, out,
+                         nb == 1 ? spatial : ld, epi);
+          }
           for (int64_t bi = 0; nb > 1 && bi < nb; ++bi)
             for (int64_t mi = 0; mi < mg; ++mi)
               std::memcpy(y + ((b0 + bi) * g.m + gr * mg + mi) * spatial, tmp + mi * ld + bi * spatial,
