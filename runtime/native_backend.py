@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import json
 import math
+import operator
 import os
 import threading
 from typing import Any
@@ -32,6 +33,7 @@ from . import limits as L
 from . import pytree
 from .errors import CastmlError, KernelError, ModelFormatError, RuntimeInputError
 from .executor import _safe_scalar
+from .memory import MemoryPlan
 from .session import TensorInfo, _EntryPoints, match_arguments
 
 _DTYPES = {1: np.bool_, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.uint8, 7: np.uint16,
@@ -160,6 +162,8 @@ def _library() -> ctypes.CDLL:
         for name, res, args in (("castml_load", vp, [cp]), ("castml_load_buffer", vp, [vp, ctypes.c_size_t]),
                                 ("castml_free", None, [vp]), ("castml_describe", cp, [vp]),
                                 ("castml_run", vp, [vp, cp, i, ctypes.POINTER(_CTensor)]),
+                                ("castml_memory_plan", cp, [vp, cp, i, ctypes.POINTER(cp),
+                                                            ctypes.POINTER(ctypes.c_int64)]),
                                 ("castml_result_count", i, [vp]),
                                 ("castml_result_get", i, [vp, i, ctypes.POINTER(_CTensor)]),
                                 ("castml_result_free", None, [vp]), ("castml_last_error", cp, []),
@@ -347,6 +351,32 @@ class NativeSession(_EntryPoints):
             else:
                 outs.append(np.empty(shape, dtype))
         return outs
+
+    def memory_plan(self, **dims: int) -> MemoryPlan:
+        """The native runtime's plan for the given input symbol values, as `Session.memory_plan`:
+        `peak_bytes` = the arena plus the returned values (allocated apart); `lower_bound_bytes`,
+        the most bytes alive at once. Values inside if/loop bodies are planned when they run.
+
+        >>> import tracer
+        >>> from exporters.castml_format import to_bytes
+        >>> g = tracer.trace(lambda x: np.exp(np.exp(x)), tracer.TensorSpec(("n",), np.float64))
+        >>> load(to_bytes(g)).memory_plan(n=4).peak_bytes  # (a 64-byte aligned arena) # doctest: +SKIP
+        96
+        """
+        lib = self._model.lib
+        names = [name.encode() for name in dims]
+        values = [operator.index(v) for v in dims.values()]
+        _push_limits(lib)
+        text = lib.castml_memory_plan(self._model.handle, self._entry.bname, len(names),
+                                      (ctypes.c_char_p * len(names))(*names), (ctypes.c_int64 * len(values))(*values))
+        if text is None:
+            _raise_last(lib, "castml_memory_plan")
+        r = json.loads(text.decode("utf-8"))
+        arena = r["arena"]
+        return MemoryPlan(r["arena_bytes"] + r["output_bytes"], r["lower_bound_bytes"],
+                          offsets={v: off for v, off, _, _, _ in arena}, sizes={v: n for v, _, n, _, _ in arena},
+                          intervals={v: (first, last) for v, _, _, first, last in arena}, unknown=r["unknown"],
+                          arena_bytes=r["arena_bytes"])
 
     def profile(self) -> list:
         """Not available on the native backend (load with backend="numpy", profile=True)."""

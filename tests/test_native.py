@@ -765,3 +765,40 @@ def test_every_fuzz_regression_file_is_listed():
 
     names = {f.name for f in pathlib.Path(__file__).parent.joinpath("fuzz_regressions").glob("*")}
     assert names == set(FUZZ_REGRESSIONS)
+
+
+# ---- the native memory plan ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["gru", "lenet", "mlp", "resnet_tiny", "transformer_encoder"])
+def test_memory_plan_of_the_zoo_is_near_the_liveness_bound(name):
+    import ir
+    from models import zoo
+
+    fn, (x, params) = zoo.MODELS[name].build(0, batch=2)
+    g = ir.optimize(tracer.trace(lambda x: fn(x, params), tracer.TensorSpec(("batch",) + x.shape[1:], x.dtype)))
+    sess = runtime.load(to_bytes(g), backend="native")
+    for batch in (1, 7):
+        plan = sess.memory_plan(batch=batch)
+        assert plan.sizes and not plan.unknown
+        assert plan.lower_bound_bytes <= plan.peak_bytes <= 1.2 * plan.lower_bound_bytes, str(plan)
+        assert plan.arena_bytes < plan.peak_bytes  # the returned logits are allocated apart
+        # no two values alive at the same step overlap in the arena
+        items = [(plan.offsets[v], plan.offsets[v] + plan.sizes[v], *plan.intervals[v]) for v in plan.sizes]
+        for i, (a0, a1, f0, l0) in enumerate(items):
+            assert a1 <= plan.arena_bytes
+            for b0, b1, f1, l1 in items[i + 1:]:
+                assert not (f0 <= l1 and f1 <= l0 and a0 < b1 and b0 < a1)
+    assert sess.memory_plan(batch=7).lower_bound_bytes > sess.memory_plan(batch=1).lower_bound_bytes
+
+
+def test_memory_plan_counts_what_a_call_holds():
+    """exp(exp(x)) of n float64: the inner exp in the arena, the result apart, both alive at the
+    last step."""
+    g = tracer.trace(lambda x: np.exp(np.exp(x)), tracer.TensorSpec(("n",), np.float64))
+    plan = runtime.load(to_bytes(g), backend="native").memory_plan(n=1000)
+    assert list(plan.sizes.values()) == [8000]
+    assert plan.lower_bound_bytes == 16000 and plan.peak_bytes == plan.arena_bytes + 8000
+    with pytest.raises(runtime.RuntimeInputError, match=r"memory_plan\(n=1\)"):
+        runtime.load(to_bytes(g), backend="native").memory_plan()
+    with pytest.raises(runtime.RuntimeInputError, match="dim -1"):
+        runtime.load(to_bytes(g), backend="native").memory_plan(n=-1)

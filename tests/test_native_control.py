@@ -92,6 +92,7 @@ def test_carried_value_that_grows_and_branches_of_different_shapes():
     g = tracer.trace(sc.grow, x, np.int64(2))
     assert isinstance(g.outputs[0].type.shape[0], str)  # a dynamic size
     _agree(g, [(x, np.int64(n)) for n in (0, 1, 4)])
+    assert runtime.load(to_bytes(g), backend="native").memory_plan().unknown  # reported, not planned
 
     @tracer.script
     def f(x):

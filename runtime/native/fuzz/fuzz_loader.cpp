@@ -73,6 +73,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // the load succeeded, so decoding again does too; it gives the entries' declared input types
   castml::ModelDef def = castml::decode_model(castml::MappedFile::copy_of(data, size));
   for (const auto& [name, g] : def.entries) {
+    // its memory plan with the symbols bound to 2: a plan, or an error that says why
+    std::vector<const char*> symbols;
+    for (uint32_t v : g.regions[0].inputs)
+      for (const castml::Dim& d : g.values[v].shape)
+        if (d.is_symbol() && std::find_if(symbols.begin(), symbols.end(), [&](const char* s) { return d.text == s; }) ==
+                                 symbols.end())
+          symbols.push_back(d.text.c_str());
+    std::vector<int64_t> twos(symbols.size(), 2);
+    const char* plan = castml_memory_plan(m, name.c_str(), static_cast<int>(symbols.size()), symbols.data(), twos.data());
+    expect(plan ? plan[0] == '{' : castml_last_error()[0] != '\0');
     std::vector<std::vector<int64_t>> shapes;
     std::vector<castml_tensor> tensors;
     std::vector<uint8_t> zeros;

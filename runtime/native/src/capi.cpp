@@ -291,21 +291,23 @@ const char* castml_io_name(const castml_model* model, const char* entry, int out
   return names[i].c_str();
 }
 
+// The index of entry `entry` (NULL: "main") of the model, or an input error naming the entries.
+static size_t entry_index(const castml_model* model, const char* entry, const char* caller) {
+  if (!model) castml::fail(castml::kInputError, std::string(caller) + ": model is NULL");
+  std::string name = entry ? entry : "main", known;
+  for (size_t k = 0; k < model->def.entries.size(); ++k) {
+    if (model->def.entries[k].first == name) return k;
+    known += (k ? ", " : "") + model->def.entries[k].first;
+  }
+  castml::fail(castml::kInputError, "no entry '" + name + "'; the model has " + known);
+}
+
 castml_result* castml_run(const castml_model* model, const char* entry, int n_inputs, const castml_tensor* inputs) {
   return guarded([&]() -> castml_result* {
-    if (!model) castml::fail(castml::kInputError, "castml_run: model is NULL");
-    std::string name = entry ? entry : "main";
-    const castml::Program* program = nullptr;
-    EntryLimits* limits = nullptr;
-    std::string known;
-    for (size_t k = 0; k < model->def.entries.size(); ++k) {
-      if (model->def.entries[k].first == name) {
-        program = model->programs[k].get();
-        limits = model->limits[k].get();
-      }
-      known += (k ? ", " : "") + model->def.entries[k].first;
-    }
-    if (!program) castml::fail(castml::kInputError, "no entry '" + name + "'; the model has " + known);
+    const size_t index = entry_index(model, entry, "castml_run");
+    const std::string& name = model->def.entries[index].first;
+    const castml::Program* program = model->programs[index].get();
+    EntryLimits* limits = model->limits[index].get();
     if (n_inputs < 0 || (n_inputs > 0 && !inputs)) castml::fail(castml::kInputError, "castml_run: bad input array");
     std::vector<castml::Tensor> ts(n_inputs);
     for (int k = 0; k < n_inputs; ++k) {
@@ -324,6 +326,45 @@ castml_result* castml_run(const castml_model* model, const char* entry, int n_in
     auto r = std::make_unique<castml_result>();
     r->result = program->run(ts);
     return r.release();
+  });
+}
+
+const char* castml_memory_plan(const castml_model* model, const char* entry, int n_symbols, const char* const* names,
+                               const int64_t* values) {
+  return guarded([&]() -> const char* {
+    const size_t index = entry_index(model, entry, "castml_memory_plan");
+    if (n_symbols < 0 || (n_symbols > 0 && (!names || !values)))
+      castml::fail(castml::kInputError, "castml_memory_plan: bad symbol arrays");
+    castml::Env env;
+    for (int k = 0; k < n_symbols; ++k) {
+      if (!names[k]) castml::fail(castml::kInputError, "castml_memory_plan: symbol name " + std::to_string(k) + " is NULL");
+      env[names[k]] = values[k];
+    }
+    const castml::GraphDef& g = model->def.entries[index].second;
+    std::string missing, example;
+    std::set<std::string> seen;
+    for (uint32_t v : g.regions[0].inputs)
+      for (const castml::Dim& d : g.values[v].shape)
+        if (d.is_symbol() && !env.count(d.text) && seen.insert(d.text).second) {
+          missing += (missing.empty() ? "" : ", ") + d.text;
+          example += (example.empty() ? "" : ", ") + d.text + "=1";
+        }
+    if (!missing.empty())
+      castml::fail(castml::kInputError, "memory_plan needs a value for every input symbol (" + missing +
+                                            "); e.g. memory_plan(" + example + ")");
+    const castml::Program::MemoryReport r = model->programs[index]->memory_report(env);
+    thread_local std::string json;
+    json = "{\"arena_bytes\": " + std::to_string(r.arena_bytes) + ", \"output_bytes\": " + std::to_string(r.output_bytes) +
+           ", \"lower_bound_bytes\": " + std::to_string(r.lower_bound_bytes) + ", \"arena\": [";
+    for (size_t k = 0; k < r.arena.size(); ++k) {
+      const auto& [v, offset, bytes, first, last] = r.arena[k];
+      json += std::string(k ? ", " : "") + "[" + std::to_string(v) + ", " + std::to_string(offset) + ", " +
+              std::to_string(bytes) + ", " + std::to_string(first) + ", " + std::to_string(last) + "]";
+    }
+    json += "], \"unknown\": [";
+    for (size_t k = 0; k < r.unknown.size(); ++k) json += (k ? ", " : "") + std::to_string(r.unknown[k]);
+    json += "]}";
+    return json.c_str();
   });
 }
 

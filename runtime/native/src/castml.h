@@ -74,6 +74,13 @@ CASTML_API const char* castml_io_name(const castml_model* model, const char* ent
 /* Running. `entry` NULL means "main". NULL on failure. */
 CASTML_API castml_result* castml_run(const castml_model* model, const char* entry, int n_inputs,
                                      const castml_tensor* inputs);
+/* The memory plan of an entry (NULL: "main") for values of its input symbols (names[i] =
+ * values[i]; every symbol of the inputs' shapes must be given) as JSON: {"arena_bytes": ..,
+ * "output_bytes": .., "lower_bound_bytes": .., "arena": [[value, offset, bytes, first step,
+ * last step], ...], "unknown": [value, ...]} (Program::memory_report in program.h). Valid until
+ * the next call on this thread; NULL on failure. */
+CASTML_API const char* castml_memory_plan(const castml_model* model, const char* entry, int n_symbols,
+                                          const char* const* names, const int64_t* values);
 CASTML_API int castml_result_count(const castml_result* result);
 /* Fills *out with output i (data owned by the result); 0 on success, -1 when out of range. */
 CASTML_API int castml_result_get(const castml_result* result, int i, castml_tensor* out);

@@ -240,7 +240,10 @@ Program::Program(const ModelDef& model, const GraphDef& graph) : model_(model), 
     }
   }
   for (uint32_t v : outputs_)
-    if (storage_[v] == kArenaValue) storage_[v] = kOutputValue;
+    if (storage_[v] == kArenaValue) {
+      storage_[v] = kOutputValue;
+      returned_.emplace_back(v, first[v]);
+    }
   for (Step& s : steps_)
     for (uint32_t v : s.inputs) s.constant.push_back(storage_[v] == kConstValue);
   for (uint32_t v = 0; v < nv; ++v) {
@@ -462,6 +465,41 @@ std::shared_ptr<const Program::Plan> Program::plan_for(const std::vector<size_t>
   if (plans_.size() > 64) plans_.clear();
   plans_.emplace_back(sizes, plan);
   return plan;
+}
+
+Program::MemoryReport Program::memory_report(const Env& env) const {
+  MemoryReport r;
+  std::vector<size_t> sizes(arena_values_.size());
+  Tensor t;
+  for (const Step& s : steps_)
+    for (size_t k = 0; k < s.outputs.size(); ++k) {
+      uint32_t v = s.outputs[k];
+      if (!s.dynamic.empty() && s.dynamic[k]) {
+        r.unknown.push_back(v);
+      } else if (arena_index_[v] >= 0) {
+        shape_value(t, v, env, s.label);
+        sizes[arena_index_[v]] = t.nbytes();
+      }
+    }
+  std::shared_ptr<const Plan> plan = plan_for(sizes);
+  r.arena_bytes = plan->total;
+  std::vector<size_t> delta(steps_.size() + 2, 0), ends(steps_.size() + 2, 0);  // bytes coming, going
+  for (size_t k = 0; k < arena_values_.size(); ++k) {
+    r.arena.emplace_back(arena_values_[k], plan->offsets[k], sizes[k], live_[k].first, live_[k].second);
+    delta[live_[k].first] += sizes[k];
+    ends[live_[k].second + 1] += sizes[k];
+  }
+  for (const auto& [v, step] : returned_) {
+    shape_value(t, v, env, steps_[step].label);
+    r.output_bytes += t.nbytes();
+    delta[step] += t.nbytes();
+  }
+  size_t live = 0;
+  for (size_t j = 0; j < delta.size(); ++j) {
+    live = live + delta[j] - ends[j];
+    r.lower_bound_bytes = std::max(r.lower_bound_bytes, live);
+  }
+  return r;
 }
 
 std::unique_ptr<Program::Arena> Program::take_arena(size_t size) const {

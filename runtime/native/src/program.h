@@ -51,6 +51,18 @@ class Program {
   std::unique_ptr<Result> run(const std::vector<Tensor>& inputs) const;
   const GraphDef& graph() const { return graph_; }
 
+  // The memory plan a call with the input symbols `env` gets (top level; regions plan their own
+  // values when they run): the arena's values (value id, offset, bytes, first and last step),
+  // its bytes, the bytes of the returned values (allocated apart, alive from their step to the
+  // end), and the liveness lower bound (the most bytes of both alive at once). Values sized by
+  // data (dynamic) are `unknown`, not planned. Throws kInputError for an unbound symbol.
+  struct MemoryReport {
+    std::vector<std::tuple<uint32_t, size_t, size_t, int, int>> arena;
+    size_t arena_bytes = 0, output_bytes = 0, lower_bound_bytes = 0;
+    std::vector<uint32_t> unknown;
+  };
+  MemoryReport memory_report(const Env& env) const;
+
  private:
   enum Storage { kInputValue, kConstValue, kArenaValue, kOutputValue, kUnusedValue, kDynamicValue };
   struct Step {
@@ -137,6 +149,7 @@ class Program {
   std::vector<uint32_t> arena_values_;     // value ids living in the arena
   std::vector<int> arena_index_;           // value id -> index in arena_values_, or -1; root only
   std::vector<std::pair<int, int>> live_;  // per arena value: [first step, last step]
+  std::vector<std::pair<uint32_t, int>> returned_;  // kOutputValue values and their defining steps
 
   mutable std::mutex mutex_;
   mutable std::vector<std::pair<std::vector<size_t>, std::shared_ptr<const Plan>>> plans_;
