@@ -821,3 +821,43 @@ def test_kernels_never_write_to_their_inputs_and_keep_the_dtype(fn, args, kwargs
     y = fn(*frozen, **kwargs)
     assert y.dtype == args[0].dtype
     assert not any(np.shares_memory(y, f) for f in frozen)
+
+
+_MAPPED_BY_1MIB = """
+import ctypes, sys
+import numpy as np
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+try:
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+except AttributeError:
+    sys.exit(3)  # not glibc >= 2.33
+mallinfo2.restype = MallInfo2
+if sys.argv[1] == "runtime":
+    import runtime.kernels
+before = mallinfo2().hblks
+a = np.empty(1 << 20, np.uint8)
+print(mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize("imported, mapped", [("numpy", "1"), ("runtime", "0")])
+def test_the_runtime_keeps_block_temporaries_off_mmap(imported, mapped):
+    """After `import runtime.kernels`, glibc serves a 1 MiB array from its heap, as in a process
+    that has freed a large array; in a fresh process (the control) it maps it. Otherwise every
+    128 KiB temporary of the blocked kernels is mapped and faulted anew (special.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc thresholds")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _MAPPED_BY_1MIB, imported], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, cwd=root)
+    if r.returncode == 3:
+        pytest.skip("no mallinfo2 (glibc < 2.33 or another libc)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == mapped
