@@ -292,10 +292,11 @@ T* thread_scratch(int slot, size_t n) {
 // The im2col matrix of `nb` images (one group: `x` points at its first channel of the first
 // image, images g.c*h*w apart) as B[p][j] = src[row_off[p] + col_off[j]], which the GEMM reads
 // in place or packs (gemm.h sgemm_gather, pack_b_gather); the offsets live until the next call
-// on this thread. The images are first copied into a buffer, zero-bordered when the conv pads (every kernel tap
-// then reads inside it) and split into sw column phases when it strides (phase q holds columns
-// q, q+sw, ...: the taps of consecutive output columns are then consecutive floats), so that an
-// output row is one contiguous run of the buffer. Stride 1 without padding reads x itself.
+// on this thread. The images are first copied into a buffer, zero-bordered when the conv pads
+// (every kernel tap then reads inside it) and split into sw column phases when it strides
+// (phase q holds columns q, q+sw, ...: the taps of consecutive output columns are then
+// consecutive floats), so that an output row is one contiguous run of the buffer. Stride 1
+// without padding reads x itself.
 struct ConvSource {
   const float* src;
   const int64_t* row_off;  // kdim offsets
