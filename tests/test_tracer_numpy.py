@@ -123,6 +123,8 @@ def test_pow_operator_fast_paths(dtype, exponent):
     ("amax", lambda x: np.amax(x, axis=0, keepdims=True)),
     ("prod", lambda x: np.prod(x, axis=1)), ("argmax", lambda x: np.argmax(x, axis=1)),
     ("argmax_flat", lambda x: np.argmax(x)), ("argmin", lambda x: x.argmin(axis=0)),
+    ("argmax_flat_keepdims", lambda x: np.argmax(x, keepdims=True)),
+    ("argmin_keepdims", lambda x: x.argmin(axis=-1, keepdims=True)),
     ("var", lambda x: np.var(x, axis=1)), ("std", lambda x: x.std(ddof=1)),
     ("cumsum", lambda x: np.cumsum(x, axis=1)), ("cumsum_flat", lambda x: x.cumsum()),
     ("any", lambda x: np.any(x, axis=0)), ("all", lambda x: np.all(x)),

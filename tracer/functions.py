@@ -182,9 +182,9 @@ def _argreduce(kind, a, axis=None, out=None, *, keepdims=False):
     if out is not None:
         raise trace_error(f"np.{kind}: out= is not supported when tracing")
     x = T(a)
-    if axis is None:
-        x = reshape_static(x, (D.product(raw_shape(x)),))
-        axis = 0
+    if axis is None:  # over the flattened array; keepdims keeps every axis, with size 1
+        y = emit(kind, [reshape_static(x, (D.product(raw_shape(x)),))], {"axis": 0, "keepdims": False})
+        return reshape_static(y, (1,) * x.ndim) if keepdims else y
     (axis,) = norm_axes(axis, x.ndim)
     return emit(kind, [x], {"axis": axis, "keepdims": bool(keepdims)})
 
