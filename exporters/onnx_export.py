@@ -302,6 +302,52 @@ def _value_info(name: str, v: Value) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, onnx_dtype(v.dtype), shape)
 
 
+def _names_read(nodes) -> dict[str, int]:
+    """How many times each tensor name is read by `nodes` and the nodes of their subgraphs."""
+    reads: dict[str, int] = {}
+    for n in nodes:
+        for name in n.input:
+            reads[name] = reads.get(name, 0) + 1
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                for name, k in _names_read(sub.node).items():
+                    reads[name] = reads.get(name, 0) + k
+    return reads
+
+
+def _cast_before_transpose(nodes: list, keep: set[str]) -> set[str]:
+    """Rewrite Transpose -> Cast -> MatMul as Cast -> Transpose -> MatMul (the same values) where
+    the Transpose feeds only the Cast; returns the tensor names that no longer exist.
+
+    onnxruntime 1.32 segfaults creating a session (ORT_ENABLE_ALL, CPU) for the first form: its
+    MatmulTransposeFusion swaps that Cast and Transpose itself, to fuse the Transpose into the
+    MatMul, and crashes doing so. Graph outputs (`keep`) are left alone.
+    """
+    producer = {out: n for n in nodes for out in n.output}
+    reads = _names_read(nodes)
+    matmul_inputs = {name for n in nodes if n.op_type == "MatMul" for name in n.input}
+    taken = {name for n in nodes for name in [*n.input, *n.output]}
+    removed: set[str] = set()
+    for k, cast in enumerate(nodes):
+        if cast.op_type != "Cast" or cast.output[0] not in matmul_inputs:
+            continue
+        t = producer.get(cast.input[0])
+        if t is None or t.op_type != "Transpose" or reads.get(t.output[0]) != 1 or t.output[0] in keep:
+            continue
+        mid = cast.output[0] + "_untransposed"
+        while mid in taken:
+            mid += "_"
+        taken.add(mid)
+        removed.add(t.output[0])
+        # the Cast takes the Transpose's place (its input exists there), the Transpose the Cast's
+        first = helper.make_node("Cast", [t.input[0]], [mid], name=cast.name)
+        first.attribute.extend(cast.attribute)
+        second = helper.make_node("Transpose", [mid], [cast.output[0]], name=t.name)
+        second.attribute.extend(t.attribute)
+        nodes[nodes.index(t)], nodes[k] = first, second
+    return removed
+
+
 def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu",
             value_names: dict | None = None) -> onnx.ModelProto:
     """Lower `g` to an ONNX model that passes `onnx.checker.check_model(full_check=True)`.
@@ -354,9 +400,10 @@ def to_onnx(g: Graph, opset: int = 18, target: str | None = "onnxruntime-cpu",
         listed = "; ".join(f"{k} (at {', '.join(v[:3])})" for k, v in sorted(missing.items()))
         raise UnsupportedOpError(f"no ONNX lowering for: {listed}")
     cx.lower_ops(g.ops)
+    removed = _cast_before_transpose(cx.nodes, set(out_names))
     if value_names is not None:
         value_names.update({v: names[id(v)] for v in [*g.inputs, *(o for op in g.walk() for o in op.outputs)]
-                            if id(v) in names})
+                            if id(v) in names and names[id(v)] not in removed})
     outputs = []
     emitted: set[str] = set()
     for v, n in zip(g.outputs, out_names):

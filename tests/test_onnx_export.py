@@ -487,3 +487,26 @@ def test_contrib_target_cnn_has_the_nodes_ort_extended_makes(tmp_path):
     assert ours == [("com.microsoft", "FusedConv")] * 2 + [("", "GlobalAveragePool"), ("", "Reshape")]
     x = np.concatenate([XS, XS * 0.5])
     assert_agree(_ort_plain(m, [x])[0], ir.interpret(g, x))
+
+
+_TRANSPOSED_INT_MATMUL = """
+import sys
+import numpy as np
+import exporters, onnxruntime as ort, tracer
+w = np.array([[0.5, -0.25, 2.0]])  # products and sums exact in float64
+x = np.array([[[6], [-2], [1]], [[6], [3], [3]]], np.int32)
+m = exporters.to_onnx(tracer.trace(lambda a: np.transpose(a, (1, 0, 2)) @ w, x))
+print(" ".join(n.op_type for n in m.graph.node), flush=True)
+sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])  # ORT_ENABLE_ALL
+y = sess.run(None, {"a": x})[0]
+np.testing.assert_array_equal(y, np.transpose(x, (1, 0, 2)) @ w)
+"""
+
+
+def test_transposed_integers_into_matmul_export_cast_first():
+    """Transpose -> Cast -> MatMul made onnxruntime 1.32 segfault while creating the session (its
+    MatmulTransposeFusion); the exporter casts first. In a subprocess, so a crash is a failure."""
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    r = subprocess.run([sys.executable, "-c", _TRANSPOSED_INT_MATMUL], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stdout}{r.stderr[-2000:]}"
+    assert r.stdout.split() == ["Cast", "Transpose", "MatMul"]
