@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ir
+import runtime
 import tracer
+from exporters.castml_format import to_bytes
 from tests.helpers import assert_agree
 from tracer.numpy_api import UFUNC_TO_OP
 
@@ -232,3 +234,14 @@ def test_linalg(name, fn, dtype):
 def test_batched_matmul_broadcast():
     rng = np.random.default_rng(3)
     check(lambda a, b: a @ b, rng.normal(size=(2, 1, 3, 4)), rng.normal(size=(5, 4, 2)))
+
+
+@pytest.mark.parametrize("equal_nan", [False, True])
+def test_isclose_matches_numpy_on_infinities_and_nan(equal_nan):
+    """NumPy: within tolerance of a finite b, or equal: inf is close to inf, not to -inf or 1."""
+    a = np.array([np.inf, -np.inf, np.inf, 1.0, np.nan, 1.0, 1e-9, np.inf, 0.0, 5.0])
+    b = np.array([np.inf, -np.inf, -np.inf, 1.0 + 1e-6, np.nan, np.inf, 0.0, 1.0, np.nan, 5.0])
+    g = check(lambda x, y: np.isclose(x, y, equal_nan=equal_nan), a, b)
+    assert np.isclose(a, b, equal_nan=equal_nan)[[0, 1, 4]].tolist() == [True, True, equal_nan]
+    sess = runtime.load(to_bytes(g))  # the default (native) backend too
+    assert np.array_equal(sess.run(a, b), np.isclose(a, b, equal_nan=equal_nan))

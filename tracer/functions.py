@@ -340,8 +340,10 @@ def round_(a, decimals=0, out=None):
 
 @implements(np.isclose)
 def isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    # NumPy's formula: within tolerance of a finite b, or equal (infinities of the same sign)
     diff = np.abs(np.subtract(a, b))
-    ok = np.less_equal(diff, np.add(atol, np.multiply(rtol, np.abs(b))))
+    ok = np.logical_and(np.less_equal(diff, np.add(atol, np.multiply(rtol, np.abs(b)))), np.isfinite(b))
+    ok = np.logical_or(ok, np.equal(a, b))
     if equal_nan:
         ok = np.logical_or(ok, np.logical_and(np.isnan(a), np.isnan(b)))
     return ok
