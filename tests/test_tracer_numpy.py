@@ -245,3 +245,26 @@ def test_isclose_matches_numpy_on_infinities_and_nan(equal_nan):
     assert np.isclose(a, b, equal_nan=equal_nan)[[0, 1, 4]].tolist() == [True, True, equal_nan]
     sess = runtime.load(to_bytes(g))  # the default (native) backend too
     assert np.array_equal(sess.run(a, b), np.isclose(a, b, equal_nan=equal_nan))
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("any", lambda a: np.any(a > 0, axis=0)), ("all", lambda a: np.all(a > 0, axis=0)),
+    ("any_flat", lambda a: np.any(a)), ("all_keepdims", lambda a: a.all(1, keepdims=True)),
+])
+def test_any_all_over_empty_axes_are_false_and_true(name, fn):
+    """any() of nothing is False, all() of nothing True: statically empty, and a symbolic batch run
+    at 0 on every engine (the max / min of bools has no identity)."""
+    import onnxruntime as ort
+
+    import exporters
+
+    empty, full = np.zeros((0, 3)), np.array([[1.0, -1.0, 0.0], [2.0, 3.0, -1.0]])
+    check(fn, empty)
+    g = tracer.trace(fn, tracer.TensorSpec(("batch", 3), np.float64))
+    onnx_sess = ort.InferenceSession(exporters.to_onnx(g).SerializeToString(), providers=["CPUExecutionProvider"])
+    for x in (empty, full):
+        want = fn(x)
+        got = {"interpret": ir.interpret(g, x), "onnxruntime": onnx_sess.run(None, {"a": x})[0],
+               **{b: runtime.load(to_bytes(g), backend=b).run(x) for b in ("numpy", "native")}}
+        for engine, y in got.items():
+            assert np.array_equal(y, want) and y.shape == want.shape, (engine, x.shape, y, want)

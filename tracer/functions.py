@@ -119,12 +119,25 @@ def min_(a, axis=None, out=None, keepdims=False, initial=None, where=None):
 
 @implements(np.any)
 def any_(a, axis=None, out=None, keepdims=False, *, where=None):
-    return _reduce("reduce_max", "max", astype(T(a), np.bool_), axis, None, keepdims, None, where, out)
+    return _any_all(True, a, axis, out, keepdims, where)
 
 
 @implements(np.all)
 def all_(a, axis=None, out=None, keepdims=False, *, where=None):
-    return _reduce("reduce_min", "min", astype(T(a), np.bool_), axis, None, keepdims, None, where, out)
+    return _any_all(False, a, axis, out, keepdims, where)
+
+
+def _any_all(is_any: bool, a, axis, out, keepdims, where):
+    """np.any / np.all: the max / min of bools when every reduced axis is statically non-empty;
+    else a count (reduce_sum has an identity), so that any() of nothing is False, all() True."""
+    x = astype(T(a), np.bool_)
+    shape = raw_shape(x)
+    if all(isinstance(shape[ax], int) and shape[ax] > 0 for ax in norm_axes(axis, x.ndim)):
+        kind, name = ("reduce_max", "max") if is_any else ("reduce_min", "min")
+        return _reduce(kind, name, x, axis, None, keepdims, None, where, out)
+    counted = astype(x if is_any else np.logical_not(x), np.int64)
+    n = _reduce("reduce_sum", "any" if is_any else "all", counted, axis, np.int64, keepdims, None, where, out)
+    return np.greater(n, 0) if is_any else np.equal(n, 0)
 
 
 @implements(np.mean)
