@@ -802,3 +802,11 @@ def test_memory_plan_counts_what_a_call_holds():
         runtime.load(to_bytes(g), backend="native").memory_plan()
     with pytest.raises(runtime.RuntimeInputError, match="dim -1"):
         runtime.load(to_bytes(g), backend="native").memory_plan(n=-1)
+
+
+def test_cumsum_keeps_the_sign_of_leading_negative_zeros():
+    """NumPy's running sum starts from the first element, so -0.0, -0.0 stays -0.0 (atan2 sees it)."""
+    x = np.array([[-0.0, -0.0, 1.0], [0.0, -0.0, -2.0]])
+    g = tracer.trace(lambda a: np.cumsum(a, axis=1), x)
+    got = runtime.load(to_bytes(g), backend="native").run(x)
+    assert np.array_equal(np.signbit(got), np.signbit(np.cumsum(x, axis=1))) and np.array_equal(got, np.cumsum(x, 1))

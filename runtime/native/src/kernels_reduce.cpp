@@ -179,7 +179,7 @@ void cumsum_kernel(KernelCall& c) {
         T acc = T(0);
         for (int64_t j = 0; j < n; ++j) {
           int64_t k = (o * n + j) * inner + i;
-          acc = static_cast<T>(acc + xp[k]);
+          acc = j == 0 ? xp[k] : static_cast<T>(acc + xp[k]);  // (as NumPy: the first is a copy, -0.0 kept)
           yp[k] = acc;
         }
       }
