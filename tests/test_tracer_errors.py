@@ -86,3 +86,15 @@ def test_coverage_doc_is_current():
 
     doc = Path(__file__).resolve().parent.parent / "docs" / "numpy_coverage.md"
     assert doc.read_text() == coverage_table()
+
+
+def test_squeeze_without_axis_on_a_symbolic_dim_asks_for_axis():
+    """NumPy drops a dim of size 1 only: with a symbolic batch the traced shape would be wrong at
+    batch 1, so squeeze() must name its axes (as in JAX's shape polymorphism)."""
+    spec = tracer.TensorSpec(("batch", 1, 3))
+    with pytest.raises(tracer.TraceError, match=r"axis 0 \(batch\) may be 1 at run time; pass axis="):
+        tracer.trace(lambda x: x.squeeze(), spec)
+    with pytest.raises(tracer.TraceError, match="pass axis="):
+        tracer.trace(lambda x: np.squeeze(x), spec)
+    g = tracer.trace(lambda x: np.squeeze(x, axis=1), spec)
+    assert g.outputs[0].type.shape == ("batch", 3)

@@ -109,7 +109,14 @@ def expand_dims(a, axis):
 def squeeze(a, axis=None):
     x = T(a)
     shape = raw_shape(x)
-    axes = [i for i, d in enumerate(shape) if d == 1] if axis is None else norm_axes(axis, x.ndim)
+    if axis is None:
+        symbolic = [f"{i} ({d})" for i, d in enumerate(shape) if not isinstance(d, int)]
+        if symbolic:  # NumPy drops such a dim exactly when it is 1: the traced shape would depend on it
+            raise trace_error(f"np.squeeze with no axis on symbolic dims: axis {', '.join(symbolic)} may be 1 "
+                              f"at run time; pass axis= with the static size-1 axes to remove")
+        axes = [i for i, d in enumerate(shape) if d == 1]
+    else:
+        axes = norm_axes(axis, x.ndim)
     for ax in axes:
         if shape[ax] != 1:
             raise trace_error(f"cannot select an axis to squeeze out which has size not equal to one ({shape[ax]})")
