@@ -316,34 +316,42 @@ def _names_read(nodes) -> dict[str, int]:
 
 
 def _cast_before_transpose(nodes: list, keep: set[str]) -> set[str]:
-    """Rewrite Transpose -> Cast -> MatMul as Cast -> Transpose -> MatMul (the same values) where
-    the Transpose feeds only the Cast; returns the tensor names that no longer exist.
+    """Rewrite Transpose -> Cast -> MatMul as Cast -> Transpose -> MatMul (the same values);
+    returns the tensor names that no longer exist.
 
     onnxruntime 1.32 segfaults creating a session (ORT_ENABLE_ALL, CPU) for the first form: its
     MatmulTransposeFusion swaps that Cast and Transpose itself, to fuse the Transpose into the
-    MatMul, and crashes doing so. Graph outputs (`keep`) are left alone.
+    MatMul, and crashes doing so. Where the Transpose feeds only the Cast, the two swap places
+    and the transposed tensor is gone; where it has other readers (other nodes, a subgraph, or
+    it is a graph output in `keep`), it stays for them and the Cast's path gets a Cast ->
+    Transpose of its own. Either way the Cast's output keeps its name, so graph outputs and
+    `to_onnx`'s value_names stay right.
     """
     producer = {out: n for n in nodes for out in n.output}
     reads = _names_read(nodes)
     matmul_inputs = {name for n in nodes if n.op_type == "MatMul" for name in n.input}
     taken = {name for n in nodes for name in [*n.input, *n.output]}
     removed: set[str] = set()
-    for k, cast in enumerate(nodes):
-        if cast.op_type != "Cast" or cast.output[0] not in matmul_inputs:
-            continue
+    for cast in [n for n in nodes if n.op_type == "Cast" and n.output[0] in matmul_inputs]:
         t = producer.get(cast.input[0])
-        if t is None or t.op_type != "Transpose" or reads.get(t.output[0]) != 1 or t.output[0] in keep:
+        if t is None or t.op_type != "Transpose":
             continue
         mid = cast.output[0] + "_untransposed"
         while mid in taken:
             mid += "_"
         taken.add(mid)
+        shared = reads.get(t.output[0]) != 1 or t.output[0] in keep
+        suffix = "_cast_first" if shared else ""  # (node names, where given, stay unique)
+        first = helper.make_node("Cast", [t.input[0]], [mid], name=cast.name and cast.name + suffix)
+        first.attribute.extend(cast.attribute)
+        second = helper.make_node("Transpose", [mid], [cast.output[0]], name=t.name and t.name + suffix)
+        second.attribute.extend(t.attribute)
+        k = nodes.index(cast)
+        if shared:  # (the Cast sits after the Transpose, so after the producer of its input too)
+            nodes[k:k + 1] = [first, second]
+            continue
         removed.add(t.output[0])
         # the Cast takes the Transpose's place (its input exists there), the Transpose the Cast's
-        first = helper.make_node("Cast", [t.input[0]], [mid], name=cast.name)
-        first.attribute.extend(cast.attribute)
-        second = helper.make_node("Transpose", [mid], [cast.output[0]], name=t.name)
-        second.attribute.extend(t.attribute)
         nodes[nodes.index(t)], nodes[k] = first, second
     return removed
 

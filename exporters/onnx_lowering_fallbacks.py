@@ -9,9 +9,12 @@ naming the op, dtype and source line, so no exported model fails to load.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .onnx_export import Emitter
+from .onnx_lowering_float64 import _horner
 
 WIDER = {
     "bool": ("uint8", "int32", "int64"), "int8": ("int32", "int64"), "int16": ("int32", "int64"),
@@ -26,6 +29,9 @@ WIDENABLE = {"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Max", "Min", "Sum
              "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Floor", "Ceil", "Round", "Softmax", "LogSoftmax"}
 WIDEN_BACK_EXEMPT = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "ArgMax", "ArgMin", "IsInf",
                      "IsNaN", "NonZero"}
+# power series for float64 near 0 (`_sinh`, `_expm1_neg`): the first term left out is < eps/8
+SINH_SERIES = [1.0 / math.factorial(2 * k + 1) for k in range(9)]  # sinh(x)/x in x*x, for |x| < 1
+EXPM1_SERIES = [1.0 / math.factorial(k + 1) for k in range(15)]  # expm1(x)/x in x, for |x| < 1/2
 
 
 def rewrite(cx: Emitter, op_type: str, key: str, inputs: list[str], outs: list[str], in_dt: np.dtype,
@@ -66,11 +72,14 @@ def _neg_part(cx, x):
 
 
 def _expm1_neg(cx, x, inner=1.0):
-    """exp(min(x, 0) * inner) - 1."""
+    """exp(min(x, 0) * inner) - 1; a power series above -1/2, where exp(m) - 1 would cancel
+    (elu(-1e-12) kept only 4 digits)."""
     m = _neg_part(cx, x)
     if inner != 1.0:
         m = cx.node("Mul", [m, _s(cx, inner, x)])
-    return cx.node("Sub", [cx.node("Exp", [m]), _s(cx, 1.0, x)])
+    near = cx.node("Mul", [m, _horner(cx, EXPM1_SERIES, m)])
+    far = cx.node("Sub", [cx.node("Exp", [m]), _s(cx, 1.0, x)])
+    return cx.node("Where", [cx.node("Greater", [m, _s(cx, -0.5, x)], dtype=np.bool_), near, far], key_input=1)
 
 
 def _elu(cx, ins, out, a):
@@ -123,7 +132,7 @@ def _hard_swish(cx, ins, out, a):
 
 def _softplus(cx, ins, out, a):
     x = ins[0]
-    tail = cx.node("Log", [cx.node("Add", [_s(cx, 1.0, x), cx.node("Exp", [cx.node("Neg", [cx.node("Abs", [x])])])])])
+    tail = _log1p(cx, cx.node("Exp", [cx.node("Neg", [cx.node("Abs", [x])])]))  # (log(1 + e^x) is 0 below -37)
     return cx.node("Add", [_pos(cx, x), tail], out)
 
 
@@ -132,40 +141,101 @@ def _softsign(cx, ins, out, a):
     return cx.node("Div", [x, cx.node("Add", [_s(cx, 1.0, x), cx.node("Abs", [x])])], out)
 
 
+# --- hyperbolic functions (float64 on onnxruntime: no kernels) --------------------------------------
+# Why not the textbook formulas (asinh = log(x + sqrt(x*x + 1)), sinh = (e^x - e^-x)/2, ...):
+# x*x overflows for |x| > 1e154 and 1 + tiny rounds to 1, so they lose every digit at the ends
+# of the range, far outside DESIGN.md's float64 tolerance. These follow the forms libm uses:
+# log1p by Kahan's correction (`_log1p`), power series near 0, log(2|x|) asymptotics far out,
+# each branch picked by Where. The sign of odd functions comes last, as in `_erf`.
+
+
+def _far(cx, x: str) -> float:
+    """|x| above which log(2|x|) is asinh/acosh to within float rounding (1/(4x^2) < eps)."""
+    return float(2.0 / np.sqrt(np.finfo(cx.dtypes[x]).eps))
+
+
+def _log1p(cx, y):
+    """log(1 + y), accurate for tiny y: log(u) * y / (u - 1) with u = 1 + y corrects the rounding
+    of u (Goldberg, "What every computer scientist should know...", thm. 4); y itself where u
+    rounds to 1, and +inf for +inf."""
+    one = _s(cx, 1.0, y)
+    u = cx.node("Add", [one, y])
+    d = cx.node("Sub", [u, one])
+    r = cx.node("Mul", [cx.node("Log", [u]), cx.node("Div", [y, d])])
+    r = cx.node("Where", [cx.node("Equal", [d, _s(cx, 0.0, y)], dtype=np.bool_), y, r], key_input=1)
+    return cx.node("Where", [cx.node("Equal", [u, _s(cx, np.inf, y)], dtype=np.bool_), u, r], key_input=1)
+
+
+def _with_sign_of(cx, x, mag, out):
+    """mag * (+-1 by the sign of x, -0.0 included): onnxruntime's Where drops the sign of -0.0."""
+    zero = _s(cx, 0.0, x)
+    negative = cx.node("Or", [cx.node("Less", [x, zero], dtype=np.bool_),
+                              cx.node("Less", [cx.node("Div", [_s(cx, 1.0, x), x]), zero], dtype=np.bool_)])
+    return cx.node("Mul", [mag, cx.node("Where", [negative, _s(cx, -1.0, x), _s(cx, 1.0, x)], key_input=1)], out)
+
+
+def _half_exp(cx, a):
+    """(exp(a/2), 0.5 * exp(a/2)): e^a / 2 = first * second stays finite wherever it is."""
+    e = cx.node("Exp", [cx.node("Mul", [a, _s(cx, 0.5, a)])])
+    return e, cx.node("Mul", [e, _s(cx, 0.5, a)])
+
+
 def _sinh(cx, ins, out, a):
     x = ins[0]
-    d = cx.node("Sub", [cx.node("Exp", [x]), cx.node("Exp", [cx.node("Neg", [x])])])
-    return cx.node("Mul", [d, _s(cx, 0.5, x)], out)
+    ax = cx.node("Abs", [x])
+    near = cx.node("Mul", [ax, _horner(cx, SINH_SERIES, cx.node("Mul", [ax, ax]))])
+    e, h = _half_exp(cx, ax)
+    far = cx.node("Sub", [cx.node("Mul", [e, h]), cx.node("Div", [cx.node("Div", [_s(cx, 0.5, x), e]), e])])
+    mag = cx.node("Where", [cx.node("Less", [ax, _s(cx, 1.0, x)], dtype=np.bool_), near, far], key_input=1)
+    return _with_sign_of(cx, x, mag, out)
 
 
 def _cosh(cx, ins, out, a):
     x = ins[0]
-    d = cx.node("Add", [cx.node("Exp", [x]), cx.node("Exp", [cx.node("Neg", [x])])])
-    return cx.node("Mul", [d, _s(cx, 0.5, x)], out)
+    e, h = _half_exp(cx, cx.node("Abs", [x]))
+    return cx.node("Add", [cx.node("Mul", [e, h]), cx.node("Div", [cx.node("Div", [_s(cx, 0.5, x), e]), e])], out)
 
 
 def _tan(cx, ins, out, a):
     return cx.node("Div", [cx.node("Sin", ins), cx.node("Cos", ins)], out)
 
 
+def _log_twice(cx, ax):
+    """log(2|x|) = log|x| + log 2, the far branch of asinh and acosh (no overflow at 1e308)."""
+    return cx.node("Add", [cx.node("Log", [ax]), _s(cx, math.log(2.0), ax)])
+
+
 def _asinh(cx, ins, out, a):
+    """asinh|x| = log1p(|x| + x^2 / (1 + sqrt(1 + x^2))) up to `_far`, log(2|x|) beyond."""
     x = ins[0]
     ax = cx.node("Abs", [x])
-    r = cx.node("Log", [cx.node("Add", [ax, cx.node("Sqrt", [cx.node("Add", [cx.node("Mul", [x, x]),
-                                                                            _s(cx, 1.0, x)])])])])
-    return cx.node("Mul", [cx.node("Sign", [x]), r], out)
+    one = _s(cx, 1.0, x)
+    sq = cx.node("Mul", [ax, ax])
+    y = cx.node("Add", [ax, cx.node("Div", [sq, cx.node("Add", [one, cx.node("Sqrt", [cx.node("Add", [one, sq])])])])])
+    far = cx.node("Greater", [ax, _s(cx, _far(cx, x), x)], dtype=np.bool_)
+    mag = cx.node("Where", [far, _log_twice(cx, ax), _log1p(cx, y)], key_input=1)
+    return _with_sign_of(cx, x, mag, out)
 
 
 def _acosh(cx, ins, out, a):
+    """acosh x = log1p(t + sqrt(2t + t^2)) with t = x - 1 (exact near 1) up to `_far`, log(2x)
+    beyond, NaN below 1."""
     x = ins[0]
-    root = cx.node("Sqrt", [cx.node("Sub", [cx.node("Mul", [x, x]), _s(cx, 1.0, x)])])
-    return cx.node("Log", [cx.node("Add", [x, root])], out)
+    t = cx.node("Sub", [x, _s(cx, 1.0, x)])
+    root = cx.node("Sqrt", [cx.node("Mul", [t, cx.node("Add", [t, _s(cx, 2.0, x)])])])
+    near = _log1p(cx, cx.node("Add", [t, root]))
+    r = cx.node("Where", [cx.node("Greater", [x, _s(cx, _far(cx, x), x)], dtype=np.bool_), _log_twice(cx, x), near],
+                key_input=1)
+    return cx.node("Where", [cx.node("Less", [x, _s(cx, 1.0, x)], dtype=np.bool_), _s(cx, np.nan, x), r], out,
+                   key_input=1)
 
 
 def _atanh(cx, ins, out, a):
+    """atanh|x| = log1p(2|x| / (1 - |x|)) / 2 (1 - |x| is exact where it matters, near 1)."""
     x = ins[0]
-    ratio = cx.node("Div", [cx.node("Add", [_s(cx, 1.0, x), x]), cx.node("Sub", [_s(cx, 1.0, x), x])])
-    return cx.node("Mul", [cx.node("Log", [ratio]), _s(cx, 0.5, x)], out)
+    ax = cx.node("Abs", [x])
+    y = cx.node("Div", [cx.node("Add", [ax, ax]), cx.node("Sub", [_s(cx, 1.0, x), ax])])
+    return _with_sign_of(cx, x, cx.node("Mul", [_log1p(cx, y), _s(cx, 0.5, x)]), out)
 
 
 def _global_pool(onnx_reduce):

@@ -17,6 +17,7 @@ from runtime import dims as D
 from runtime.kernels import random as R
 
 from .onnx_export import Emitter, onnx_dtype
+from .onnx_lowering_shape import reshape_to
 
 U32 = np.dtype(np.uint32)
 
@@ -73,7 +74,7 @@ def _counter_bits(cx: Emitter, key: str, shape: tuple) -> str:
     else:
         n = cx.node("Reshape", [cx.dim(total), cx.const(np.zeros(0, np.int64))])
     flat = cx.node("Range", [cx.const(np.array(0, np.int64)), n, cx.const(np.array(1, np.int64))])
-    index = cx.node("Reshape", [cx.cast(flat, U32), cx.shape(shape)])
+    index = reshape_to(cx, cx.cast(flat, U32), shape)  # (a dim may be 0, at run time too)
     return mix32(cx, cx.node("Add", [mix32(cx, _xor(cx, index, key)), key]))
 
 

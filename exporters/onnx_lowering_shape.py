@@ -30,11 +30,55 @@ def reshape(cx, op, ins, outs):
         return
     if not zero:
         # a symbolic dim equal to the input's dim on the same axis is Reshape's 0 ("copy"), so
-        # `x.reshape(x.shape[0], -1)` needs no Shape/Slice/Concat at run time
+        # `x.reshape(x.shape[0], -1)` needs no Shape/Slice/Concat at run time; a copied dim may
+        # be 0 at run time and still be right
         in_shape = op.inputs[0].shape
-        shape = tuple(0 if not isinstance(d, int) and i < len(in_shape) and d == in_shape[i] else d
-                      for i, d in enumerate(shape))
-    cx.node("Reshape", [ins[0], cx.shape(shape)], outs[0], allowzero=1 if zero else None)
+        copied = tuple(0 if not isinstance(d, int) and i < len(in_shape) and d == in_shape[i] else d
+                       for i, d in enumerate(shape))
+        if all(isinstance(d, int) for d in copied):
+            cx.node("Reshape", [ins[0], cx.ints(copied)], outs[0])
+            return
+    reshape_to(cx, ins[0], shape, outs[0])
+
+
+def reshape_to(cx: Emitter, x: str, dims, out: str | None = None, shape: str | None = None) -> str:
+    """`x` reshaped to `dims` (ints and symbols), right when a dim is 0 at run time.
+
+    Why not a plain Reshape: ONNX reads a 0 in Reshape's shape as "copy the input's dim" unless
+    allowzero=1 (opset 14), and a symbolic dim (a batch) may well be 0 at run time. `shape`, when
+    given, is a tensor already holding `dims` at run time. Before opset 14 a single symbolic dim
+    becomes -1 (inferred, 0 included, when all other dims are nonzero constants); otherwise the
+    input is padded to the shape with its 0s raised to 1 and sliced back (`_reshape_padded`).
+
+    >>> cx = Emitter(18, None); cx.dtypes["x"] = np.dtype(np.float32); cx.note_symbols("x", ("n", 3))
+    >>> _ = reshape_to(cx, "x", (3, "n"))  # n may be 0
+    >>> [n.op_type for n in cx.nodes], cx.nodes[-1].attribute[0].name
+    (['Shape', 'Slice', 'Concat', 'Reshape'], 'allowzero')
+    """
+    dims = tuple(D.parse_dim(d) for d in dims)
+    if all(isinstance(d, int) and d != 0 for d in dims):
+        return cx.node("Reshape", [x, cx.ints(dims)], out)
+    if cx.opset >= 14:
+        return cx.node("Reshape", [x, shape or cx.shape(dims)], out, allowzero=1)
+    if all(isinstance(d, int) for d in dims):  # a static 0: the result is empty
+        fill = numpy_helper.from_array(np.zeros(1, cx.dtypes[x]))
+        return cx.node("ConstantOfShape", [cx.ints(dims)], out, dtype=cx.dtypes[x], value=fill)
+    symbolic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    if len(symbolic) == 1 and 0 not in dims:
+        return cx.node("Reshape", [x, cx.ints([-1 if i in symbolic else d for i, d in enumerate(dims)])], out)
+    return _reshape_padded(cx, x, shape or cx.shape(dims), len(dims), out)
+
+
+def _reshape_padded(cx: Emitter, x: str, shape: str, rank: int, out: str | None) -> str:
+    """Reshape without 0s in the shape (opset 13): reshape to max(shape, 1), after padding `x`
+    with zeros to that many elements (none unless x is empty), then slice to `shape`."""
+    raised = cx.node("Max", [shape, cx.ints([1])])
+    total = reduce_node(cx, "ReduceProd", raised, [0], True)
+    flat = cx.node("Reshape", [x, cx.ints([-1])])
+    missing = cx.node("Sub", [total, cx.node("Shape", [flat], dtype=np.int64)])
+    filler = cx.node("Expand", [cx.const(np.zeros(1, cx.dtypes[x])), missing])
+    full_ = cx.node("Reshape", [cx.node("Concat", [flat, filler], axis=0), raised])
+    return cx.node("Slice", [full_, cx.ints([0] * rank), shape, cx.ints(range(rank))], out)
 
 
 def transpose(cx, op, ins, outs):
@@ -74,28 +118,37 @@ def slice_(cx, op, ins, outs):
     emit_slice(cx, ins[0], op.inputs[0].shape, a["starts"], a["stops"], a["steps"], outs[0])
 
 
-def _element_numbers(cx: Emitter, x: str) -> tuple[str, str]:
-    """(the tensor of flat element numbers shaped like x, x's shape)."""
+def _element_numbers(cx: Emitter, x: str, dims) -> tuple[str, str]:
+    """(the tensor of flat element numbers shaped like x, x's shape); `dims` is x's IR shape."""
     shp = cx.node("Shape", [x], dtype=np.int64)
     n = reduce_node(cx, "ReduceProd", shp, [0], False)
     numbers = cx.node("Range", [cx.const(np.array(0, np.int64)), n, cx.const(np.array(1, np.int64))])
-    return cx.node("Reshape", [numbers, shp]), shp
+    return _reshape_like(cx, numbers, dims, shp), shp
 
 
-def _scatter_flat(cx: Emitter, x: str, shp: str, picked: str, update: str, out: str, **reduction: str) -> None:
-    flat = cx.ints([-1])
+def _reshape_like(cx: Emitter, x: str, dims, shp: str, out: str | None = None) -> str:
+    """`x` reshaped to the shape `shp` (a tensor) that holds the IR shape `dims` at run time."""
+    if all(isinstance(d, int) and d != 0 for d in dims):
+        return cx.node("Reshape", [x, shp], out)
+    return reshape_to(cx, x, dims, out, shape=shp)
+
+
+def _scatter_flat(cx: Emitter, x: str, dims, shp: str, picked: str, update: str, out: str,
+                  **reduction: str) -> None:
+    flat = cx.ints([-1])  # (-1 alone is right for an empty tensor too)
     upd = cx.node("Expand", [update, cx.node("Shape", [picked], dtype=np.int64)])
     scattered = cx.node("ScatterElements", [cx.node("Reshape", [x, flat]), cx.node("Reshape", [picked, flat]),
                                             cx.node("Reshape", [upd, flat])], axis=0, **reduction)
-    cx.node("Reshape", [scattered, shp], out)
+    _reshape_like(cx, scattered, dims, shp, out)
 
 
 def slice_update(cx, op, ins, outs):
     x, update = ins
     a = op.attrs
-    numbers, shp = _element_numbers(cx, x)
-    picked = emit_slice(cx, numbers, op.inputs[0].shape, a["starts"], a["stops"], a["steps"])
-    _scatter_flat(cx, x, shp, picked, update, outs[0])
+    dims = op.inputs[0].shape
+    numbers, shp = _element_numbers(cx, x, dims)
+    picked = emit_slice(cx, numbers, dims, a["starts"], a["stops"], a["steps"])
+    _scatter_flat(cx, x, dims, shp, picked, update, outs[0])
 
 
 def _index(cx: Emitter, idx: str) -> str:
@@ -108,9 +161,10 @@ def gather(cx, op, ins, outs):
 
 def index_update(cx, op, ins, outs, **reduction: str):
     x, idx, update = ins
-    numbers, shp = _element_numbers(cx, x)
+    dims = op.inputs[0].shape
+    numbers, shp = _element_numbers(cx, x, dims)
     picked = cx.node("Gather", [numbers, _index(cx, idx)], axis=op.attrs["axis"])
-    _scatter_flat(cx, x, shp, picked, update, outs[0], **reduction)
+    _scatter_flat(cx, x, dims, shp, picked, update, outs[0], **reduction)
 
 
 def index_add(cx, op, ins, outs):
@@ -168,7 +222,7 @@ def repeat(cx, op, ins, outs):
     shape, axis, r = op.inputs[0].shape, op.attrs["axis"], op.attrs["repeats"]
     up = cx.node("Unsqueeze", [ins[0], cx.ints([axis + 1])])
     wide = cx.node("Expand", [up, cx.shape(shape[:axis + 1] + (r,) + shape[axis + 1:])])
-    cx.node("Reshape", [wide, cx.shape(op.outputs[0].shape)], outs[0])
+    reshape_to(cx, wide, op.outputs[0].shape, outs[0])
 
 
 def shape_dim(cx, op, ins, outs):
