@@ -39,6 +39,8 @@ the tracer instead:
 - Assignment (`x[i] = v`, `x += v`) is recorded functionally; writing through a view of another
   traced array raises (NumPy would change the viewed array too).
 - `out=`, `where=` and `initial=` arguments are not supported.
+- On a symbolic axis, slice bounds are taken to lie inside it: `x[:-3]` is `n-3` long, and the
+  runtimes refuse a run with n < 3 (RuntimeInputError); on a static axis any bound works.
 - `np.squeeze(x)` without `axis` raises when x has symbolic dims (NumPy would drop one exactly
   when it is 1 at run time): name the axes, `np.squeeze(x, axis=1)`.
 """

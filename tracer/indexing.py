@@ -56,14 +56,27 @@ def _as_tracer_dtype(i) -> np.dtype:
 
 
 def _norm_slice(s: slice, n):
+    """(start, stop, step) of `s` on an axis of size n as `slice` attributes: positions, never
+    counted from the end. On a static axis they are NumPy's (slice.indices: a negative step's
+    stop of -1 is before index 0) and an empty slice is (0, 0), so ONNX Slice, which counts
+    negative values from the end, reads them the same. On a symbolic axis a bound counted from
+    the end is n + bound: the axis is taken to be long enough for it (x[:-3] is n-3 long, and a
+    run with n < 3 is refused by the runtimes' shape checks); a sentinel of 2**62 or more (in size)
+    is that end of the axis.
+    """
     step = 1 if s.step is None else int(s.step)
     if step == 0:
         raise ValueError("slice step cannot be zero")
+    start, stop = (None if b is None else sym(b) for b in (s.start, s.stop))
+    if isinstance(n, int) and all(b is None or isinstance(b, int) for b in (start, stop)):
+        a, b, _ = slice(start, stop, step).indices(n)
+        return (a, b, step) if len(range(a, b, step)) else (0, 0, step)
 
     def bound(b, default):
         if b is None:
             return default
-        b = sym(b)
+        if isinstance(b, int) and abs(b) >= 2**62:  # a sentinel (sys.maxsize...): past that end
+            return (n if step > 0 else D.sub(n, 1)) if b > 0 else (0 if step > 0 else -1)
         if isinstance(b, int):
             if b < 0:
                 b = D.add(n, b)
@@ -74,8 +87,8 @@ def _norm_slice(s: slice, n):
         return b
 
     if step > 0:
-        return bound(s.start, 0), bound(s.stop, n), step
-    return bound(s.start, D.sub(n, 1)), bound(s.stop, -1), step
+        return bound(start, 0), bound(stop, n), step
+    return bound(start, D.sub(n, 1)), bound(stop, -1), step
 
 
 def _basic_entry(e, n, axis: int) -> tuple:

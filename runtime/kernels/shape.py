@@ -7,9 +7,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def _slice(a: int, b: int, s: int) -> slice:
+    # starts/stops are positions, never counted from the end (Python would read -1 as the last
+    # element): out-of-range ones clamp as slice.indices does, a positive step's to [0, n], a
+    # negative step's to [-1, n-1], where -1 is before index 0 (as the native runtime reads them)
+    if s > 0:
+        return slice(max(a, 0), max(b, 0), s)
+    if a < 0:
+        return slice(0, 0, s)  # starts before index 0: nothing
+    return slice(a, b if b >= 0 else None, s)
+
+
 def _slices(starts, stops, steps) -> tuple:
-    # a normalized stop of -1 with a negative step means "through index 0"
-    return tuple(slice(a, b if b >= 0 else None, s) for a, b, s in zip(starts, stops, steps))
+    return tuple(_slice(int(a), int(b), int(s)) for a, b, s in zip(starts, stops, steps))
 
 
 # kinds whose results are views of their first input (the memory plan keeps that input's storage alive)
@@ -62,10 +72,13 @@ def split(x: np.ndarray, *, axis: int, sizes: tuple) -> tuple:
 
 
 def slice_(x: np.ndarray, *, starts: tuple, stops: tuple, steps: tuple) -> np.ndarray:
-    """`x[start:stop:step, ...]` with one normalized triple per axis.
+    """`x[start:stop:step, ...]` with one triple of positions per axis (a negative step's stop
+    of -1, or any negative stop, reaches through index 0; negative starts are never wrapped).
 
     >>> slice_(np.arange(5), starts=(4,), stops=(-1,), steps=(-2,))
     array([4, 2, 0])
+    >>> slice_(np.arange(3), starts=(-1,), stops=(1,), steps=(-1,))
+    array([], dtype=int64)
     """
     return x[_slices(starts, stops, steps)]
 
