@@ -366,6 +366,9 @@ class NativeSession(_EntryPoints):
         lib = self._model.lib
         names = [name.encode() for name in dims]
         values = [operator.index(v) for v in dims.values()]
+        for name, v in zip(dims, values):
+            if not 0 <= v < 2**63:
+                raise RuntimeInputError(f"memory_plan: {name}={v} is not a dim size (0 <= size < 2**63)")
         _push_limits(lib)
         text = lib.castml_memory_plan(self._model.handle, self._entry.bname, len(names),
                                       (ctypes.c_char_p * len(names))(*names), (ctypes.c_int64 * len(values))(*values))
