@@ -111,13 +111,20 @@ def slice_(b, ins, attrs, n_out):
 
 
 def _clamp(b, start, end, step, dim):
-    """Python-style normalization of one slice against a (maybe symbolic) dim, as the IR wants."""
+    """One ONNX slice against a (maybe symbolic) dim as the IR's positions (never counted from the
+    end; a negative step's stop of -1 is before index 0; an empty slice is (0, 0)).
+
+    A static dim follows ONNX's clamping, which differs from Python's: negative values count from
+    the end once, then a positive step clamps both to [0, dim], a negative step its start to
+    [0, dim-1] (so starts=-4 on 3 elements still takes index 0) and its end to [-1, dim-1].
+    """
     if isinstance(dim, int):
-        lo, hi = slice(start if abs(start) < 2**62 else (None), end if abs(end) < 2**62 else None,
-                       step).indices(dim)[:2]
-        if step < 0 and hi < 0:
-            hi = -1
-        return lo, hi, step
+        start, end = (v + dim if v < 0 else v for v in (start, end))
+        if step > 0:
+            lo, hi = min(max(start, 0), dim), min(max(end, 0), dim)
+        else:
+            lo, hi = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        return (lo, hi, step) if len(range(lo, hi, step)) else (0, 0, step)
     if step != 1:
         raise UnsupportedOpError(f"{b.where()}: Slice with step {step} on symbolic dim {dim!r}")
     # symbolic bounds (shape arithmetic folded to dims, e.g. `n-1` from x[-1:]) are already normalized

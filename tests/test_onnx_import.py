@@ -218,3 +218,20 @@ def test_symbolic_slice_bounds_survive_a_round_trip(tmp_path):
     for n in (1, 5):
         x = np.random.default_rng(n).normal(size=(n, 3))
         assert_agree(ir.interpret(back, x), f(x))
+
+
+def test_slice_clamps_as_onnx_does_not_as_python():
+    """ONNX clamps a negative step's start to [0, dim-1] after counting it from the end once, so
+    starts=-4 on 3 elements takes index 0 (Python's x[-4::-1] is empty); checked against
+    onnxruntime for negative and positive steps, bounds past both ends."""
+    x = np.arange(1.0, 4.0, dtype=np.float32)
+    big = 2**63 - 1
+    for start, end, step in [(-4, -big - 1, -1), (-4, 0, -1), (5, -big - 1, -1), (2, -5, -1), (-1, -4, -2),
+                             (-4, 2, 1), (-big - 1, big, 2), (5, 9, 1), (1, 1, -1), (0, -1, -1)]:
+        consts = [numpy_helper.from_array(np.array([v], np.int64), n)
+                  for n, v in (("st", start), ("en", end), ("ax", 0), ("sp", step))]
+        m = _model([helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["y"])], [_vi("x", [3])],
+                   [_vi("y", None)], 13, consts)
+        (want,) = _ort(m, x)
+        got = ir.interpret(exporters.from_onnx(m), x)
+        assert got.shape == want.shape and np.array_equal(got, want), (start, end, step, got, want)
