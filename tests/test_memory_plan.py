@@ -197,3 +197,15 @@ def test_gemm_out_matches_gemm_for_stacked_inputs():
     a, b, c = rng.standard_normal((3, 5, 8)), rng.standard_normal((8, 4)), rng.standard_normal(4)
     for act in ("none", "relu", "tanh", "sigmoid", "gelu"):
         assert_agree(gemm_out(a, b, c, activation=act, out=np.empty((3, 5, 4))), gemm(a, b, c, activation=act))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 0), (2, 0, 4)])
+def test_planned_stacked_matmul_with_an_empty_dim(shape):
+    """A stack of matrices times one matrix runs as one 2-D GEMM into the planned buffer; with a
+    dim of 0 that reshape must not lean on -1 (size 0 leaves it undetermined)."""
+    w = np.ones((shape[-1], 2))
+    g = tracer.trace(lambda a: np.tanh((a * 2.0) @ w), TensorSpec(shape, np.float64))  # (planned: not a result)
+    sess, x = _session(g), np.ones(shape)
+    for _ in range(2):  # the first call and the bound schedule
+        got = sess.run(x)
+        assert got.shape == shape[:-1] + (2,) and not got.any()

@@ -11,6 +11,7 @@ broadcast bias adds/activations against scalars are slow (PERF_NOTES.md, pitfall
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -92,7 +93,8 @@ def _matmul_out(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """`np.matmul(a, b, out=out)`; a stack of matrices times one matrix runs as one 2-D GEMM
     (NumPy would call BLAS once per matrix of the stack)."""
     if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and out.flags.c_contiguous:
-        np.matmul(a.reshape(-1, a.shape[-1]), b, out=out.reshape(-1, out.shape[-1]))
+        rows = math.prod(a.shape[:-1])  # (not -1: a dim of 0 would leave it undetermined)
+        np.matmul(a.reshape(rows, a.shape[-1]), b, out=out.reshape(rows, out.shape[-1]))
     else:
         np.matmul(a, b, out=out)
     return out
