@@ -268,3 +268,17 @@ def test_any_all_over_empty_axes_are_false_and_true(name, fn):
                **{b: runtime.load(to_bytes(g), backend=b).run(x) for b in ("numpy", "native")}}
         for engine, y in got.items():
             assert np.array_equal(y, want) and y.shape == want.shape, (engine, x.shape, y, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_power_of_a_half_is_numpys_sqrt(dtype):
+    """x ** 0.5 takes NumPy's sqrt fast path: NaN for -inf and -0.0 for -0.0 (C pow: inf, +0.0),
+    on every engine."""
+    x = np.array([-np.inf, -1.0, -0.0, 0.0, 4.0, np.inf], dtype)
+    with np.errstate(invalid="ignore"):
+        want = x ** 0.5
+    g = tracer.trace(lambda a: a ** 0.5, x)
+    assert [op.kind for op in g.ops] == ["sqrt"]
+    with np.errstate(invalid="ignore"):
+        for got in [ir.interpret(g, x)] + [runtime.load(to_bytes(g), backend=b).run(x) for b in ("numpy", "native")]:
+            assert np.array_equal(got, want, equal_nan=True) and np.array_equal(np.signbit(got), np.signbit(want))

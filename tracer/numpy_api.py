@@ -55,6 +55,11 @@ def _resolve(ufunc: np.ufunc, inputs: tuple, dtype=None) -> tuple:
         raise trace_error(f"np.{ufunc.__name__} has no loop for ({names})") from None
 
 
+def _is_scalar_half(x: Any) -> bool:
+    """Whether `x` is the constant 0.5 as a Python or NumPy scalar (or 0-d array), not traced."""
+    return not isinstance(x, Tracer) and np.ndim(x) == 0 and np.asarray(x).dtype.kind in "fiu" and x == 0.5
+
+
 def dispatch_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict) -> Any:
     """Record a ufunc call on tracers (called from `Tracer.__array_ufunc__`)."""
     out = kwargs.pop("out", None)
@@ -88,6 +93,10 @@ def dispatch_ufunc(ufunc: np.ufunc, method: str, inputs: tuple, kwargs: dict) ->
     if ufunc in LOGICAL:
         loop = (np.dtype(np.bool_),) * len(inputs) + loop[len(inputs):]
     ins = [lift(x, ctx, dt) for x, dt in zip(inputs, loop)]
+    if name == "pow" and loop[0].kind == "f" and _is_scalar_half(inputs[1]):
+        # x ** 0.5 is NumPy's sqrt (its scalar-exponent fast path): NaN for -inf, -0.0 for -0.0,
+        # where C pow gives inf and +0.0 (only np.power on float16 skips the fast path)
+        ins, name = ins[:1], "sqrt"
     result = emit(name, ins)
     if result.dtype != loop[-1]:
         result = astype(result, loop[-1])
