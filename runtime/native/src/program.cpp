@@ -467,20 +467,26 @@ std::shared_ptr<const Program::Plan> Program::plan_for(const std::vector<size_t>
   return plan;
 }
 
-Program::MemoryReport Program::memory_report(const Env& env) const {
-  MemoryReport r;
+std::vector<size_t> Program::shape_steps(const Env& env, std::vector<Tensor>& values) const {
   std::vector<size_t> sizes(arena_values_.size());
-  Tensor t;
-  for (const Step& s : steps_)
+  for (const Step& s : steps_) {
     for (size_t k = 0; k < s.outputs.size(); ++k) {
       uint32_t v = s.outputs[k];
-      if (!s.dynamic.empty() && s.dynamic[k]) {
-        r.unknown.push_back(v);
-      } else if (arena_index_[v] >= 0) {
-        shape_value(t, v, env, s.label);
-        sizes[arena_index_[v]] = t.nbytes();
-      }
+      if (!s.dynamic.empty() && s.dynamic[k]) continue;
+      shape_value(values[v], v, env, s.label);
+      if (arena_index_[v] >= 0) sizes[arena_index_[v]] = values[v].nbytes();
     }
+  }
+  return sizes;
+}
+
+Program::MemoryReport Program::memory_report(const Env& env) const {
+  MemoryReport r;
+  std::vector<Tensor> values(graph_.values.size());
+  std::vector<size_t> sizes = shape_steps(env, values);
+  for (const Step& s : steps_)
+    for (size_t k = 0; k < s.outputs.size(); ++k)
+      if (!s.dynamic.empty() && s.dynamic[k]) r.unknown.push_back(s.outputs[k]);
   std::shared_ptr<const Plan> plan = plan_for(sizes);
   r.arena_bytes = plan->total;
   std::vector<size_t> delta(steps_.size() + 2, 0), ends(steps_.size() + 2, 0);  // bytes coming, going
@@ -490,9 +496,8 @@ Program::MemoryReport Program::memory_report(const Env& env) const {
     ends[live_[k].second + 1] += sizes[k];
   }
   for (const auto& [v, step] : returned_) {
-    shape_value(t, v, env, steps_[step].label);
-    r.output_bytes += t.nbytes();
-    delta[step] += t.nbytes();
+    r.output_bytes += values[v].nbytes();
+    delta[step] += values[v].nbytes();
   }
   size_t live = 0;
   for (size_t j = 0; j < delta.size(); ++j) {
@@ -585,17 +590,7 @@ std::unique_ptr<Result> Program::run(const std::vector<Tensor>& inputs) const {
   size_t nv = graph_.values.size();
   std::vector<Tensor> values(nv);
   auto result = std::make_unique<Result>();
-  // declared shapes of everything the steps define, with this call's symbols (dynamic values:
-  // when their step runs)
-  std::vector<size_t> sizes(arena_values_.size());
-  for (const Step& s : steps_) {
-    for (size_t k = 0; k < s.outputs.size(); ++k) {
-      uint32_t v = s.outputs[k];
-      if (!s.dynamic.empty() && s.dynamic[k]) continue;
-      shape_value(values[v], v, env, s.label);
-      if (arena_index_[v] >= 0) sizes[arena_index_[v]] = values[v].nbytes();
-    }
-  }
+  std::vector<size_t> sizes = shape_steps(env, values);
   for (size_t k = 0; k < body.inputs.size(); ++k) values[body.inputs[k]] = inputs[k];
   std::shared_ptr<const Plan> plan = plan_for(sizes);
   std::unique_ptr<Arena> arena = take_arena(plan->total);

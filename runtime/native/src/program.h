@@ -116,6 +116,9 @@ class Program {
   void mark_dynamic();  // Step::dynamic from dynamic_symbols_
   // The declared shape of value v with env, checked (a negative dim, over 1 TiB: an input error).
   void shape_value(Tensor& t, uint32_t v, const Env& env, const std::string& label) const;
+  // Shapes every step output into `values` with env (dynamic ones: when their step runs); returns
+  // the arena values' byte sizes, what plan_for lays out (a call's, and memory_report's).
+  std::vector<size_t> shape_steps(const Env& env, std::vector<Tensor>& values) const;
   // Runs the steps on the call's value table; dynamic values are malloc'ed into `dynamic`.
   void exec(std::vector<Tensor>& values, Env& env, std::vector<void*>& dynamic) const;
   // A buffer for a dynamic value of t's shape (max_tensor_bytes checked), owned by `dynamic`.
