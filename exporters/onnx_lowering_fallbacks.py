@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .onnx_export import Emitter
-from .onnx_lowering_float64 import _horner
+from .onnx_lowering_float64 import _horner, with_sign_of
 
 WIDER = {
     "bool": ("uint8", "int32", "int64"), "int8": ("int32", "int64"), "int16": ("int32", "int64"),
@@ -166,14 +166,6 @@ def _log1p(cx, y):
     return cx.node("Where", [cx.node("Equal", [u, _s(cx, np.inf, y)], dtype=np.bool_), u, r], key_input=1)
 
 
-def _with_sign_of(cx, x, mag, out):
-    """mag * (+-1 by the sign of x, -0.0 included): onnxruntime's Where drops the sign of -0.0."""
-    zero = _s(cx, 0.0, x)
-    negative = cx.node("Or", [cx.node("Less", [x, zero], dtype=np.bool_),
-                              cx.node("Less", [cx.node("Div", [_s(cx, 1.0, x), x]), zero], dtype=np.bool_)])
-    return cx.node("Mul", [mag, cx.node("Where", [negative, _s(cx, -1.0, x), _s(cx, 1.0, x)], key_input=1)], out)
-
-
 def _half_exp(cx, a):
     """(exp(a/2), 0.5 * exp(a/2)): e^a / 2 = first * second stays finite wherever it is."""
     e = cx.node("Exp", [cx.node("Mul", [a, _s(cx, 0.5, a)])])
@@ -187,7 +179,7 @@ def _sinh(cx, ins, out, a):
     e, h = _half_exp(cx, ax)
     far = cx.node("Sub", [cx.node("Mul", [e, h]), cx.node("Div", [cx.node("Div", [_s(cx, 0.5, x), e]), e])])
     mag = cx.node("Where", [cx.node("Less", [ax, _s(cx, 1.0, x)], dtype=np.bool_), near, far], key_input=1)
-    return _with_sign_of(cx, x, mag, out)
+    return with_sign_of(cx, x, mag, out)
 
 
 def _cosh(cx, ins, out, a):
@@ -214,7 +206,7 @@ def _asinh(cx, ins, out, a):
     y = cx.node("Add", [ax, cx.node("Div", [sq, cx.node("Add", [one, cx.node("Sqrt", [cx.node("Add", [one, sq])])])])])
     far = cx.node("Greater", [ax, _s(cx, _far(cx, x), x)], dtype=np.bool_)
     mag = cx.node("Where", [far, _log_twice(cx, ax), _log1p(cx, y)], key_input=1)
-    return _with_sign_of(cx, x, mag, out)
+    return with_sign_of(cx, x, mag, out)
 
 
 def _acosh(cx, ins, out, a):
@@ -235,7 +227,7 @@ def _atanh(cx, ins, out, a):
     x = ins[0]
     ax = cx.node("Abs", [x])
     y = cx.node("Div", [cx.node("Add", [ax, ax]), cx.node("Sub", [_s(cx, 1.0, x), ax])])
-    return _with_sign_of(cx, x, cx.node("Mul", [_log1p(cx, y), _s(cx, 0.5, x)]), out)
+    return with_sign_of(cx, x, cx.node("Mul", [_log1p(cx, y), _s(cx, 0.5, x)]), out)
 
 
 def _global_pool(onnx_reduce):

@@ -63,13 +63,24 @@ def _erf(cx: Emitter, ins: list[str], out: str | None, attrs: dict) -> str:
     and erf(-0.0) is -0.0 (found by 1/x < 0)."""
     x = ins[0]
     a = cx.node("Abs", [x])
-    one, zero = _s(cx, 1.0, x), _s(cx, 0.0, x)
+    one = _s(cx, 1.0, x)
     small = cx.node("Less", [a, one], dtype=np.bool_)  # (nan is not small: the tail propagates it)
     mag = cx.node("Where", [small, _erf_small(cx, a), cx.node("Sub", [one, _erfc_tail(cx, a)])], key_input=1)
+    return with_sign_of(cx, x, mag, out)
+
+
+def with_sign_of(cx: Emitter, x: str, mag: str, out: str | None = None) -> str:
+    """mag * (+-1 by the sign of x, -0.0 included, found by 1/x < 0): the last step of an odd
+    function, since onnxruntime's Where turns -0.0 into +0.0.
+
+    >>> cx = Emitter(18, None); cx.dtypes["x"] = cx.dtypes["m"] = np.dtype(np.float64)
+    >>> _ = with_sign_of(cx, "x", "m"); cx.nodes[-1].op_type
+    'Mul'
+    """
+    one, zero = _s(cx, 1.0, x), _s(cx, 0.0, x)
     negative = cx.node("Or", [cx.node("Less", [x, zero], dtype=np.bool_),
                               cx.node("Less", [cx.node("Div", [one, x]), zero], dtype=np.bool_)])
-    sign = cx.node("Where", [negative, _s(cx, -1.0, x), one], key_input=1)
-    return cx.node("Mul", [mag, sign], out)
+    return cx.node("Mul", [mag, cx.node("Where", [negative, _s(cx, -1.0, x), one], key_input=1)], out)
 
 
 def _erfc(cx: Emitter, v: str) -> str:
